@@ -1,0 +1,155 @@
+"""The `diswm` command line.
+
+    diswm envs list
+    diswm envs show dmc:cheetah_run --scheme B --frames 16 --out frames.png
+    diswm config show --config debug --set train.steps=5000
+    diswm bench envs --json bench/envs.json
+
+Every command that reads settings takes ``--config PRESET [PRESET ...]`` (applied in order over
+``defaults``) and ``--set section.key=value [...]``; a bad key or value fails at once, naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from diswm.config import Config, ConfigError, load_config
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", nargs="+", default=[], metavar="PRESET",
+                   help="presets from diswm/configs/presets.yaml (or .yaml files), in order")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   dest="overrides", help="overrides such as train.steps=20000")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)
+
+
+# -- envs ---------------------------------------------------------------------------------------
+
+
+def _cmd_envs_list(args: argparse.Namespace) -> int:
+    from diswm.envs import PAPER_TASKS, list_tasks
+
+    tasks = list_tasks()
+    if args.all:
+        for task in tasks:
+            print(task + ("   (paper)" if task in PAPER_TASKS else ""))
+    else:
+        for task in PAPER_TASKS:
+            print(task)
+        print(f"# {len(tasks)} tasks in all: `diswm envs list --all`")
+    return 0
+
+
+def _cmd_envs_show(args: argparse.Namespace) -> int:
+    from diswm.config import replace
+    from diswm.envs import make_env
+    from diswm.envs.viz import rollout_frames, write_frames
+
+    cfg = _config(args)
+    if args.scheme:
+        cfg = replace(cfg, distraction={"scheme": args.scheme, "enabled": True})
+    if args.frames < 1:
+        raise ConfigError(f"--frames must be at least 1, got {args.frames}")
+    every = args.every if args.every is not None else (1 if args.out.endswith(".gif") else 10)
+    with make_env(cfg.env, cfg.distraction, seed=args.seed, task=args.task) as env:
+        frames = rollout_frames(env, args.frames, max(every, 1), seed=args.seed)
+    out = write_frames(frames, args.out, scale=args.scale)
+    print(f"wrote {len(frames)} frames of {args.task} (scheme {cfg.distraction.scheme}, "
+          f"render {cfg.env.render_quality}) to {out}")
+    return 0
+
+
+# -- config -------------------------------------------------------------------------------------
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    from diswm.config import preset_names
+
+    if args.presets:
+        print("\n".join(preset_names()))
+        return 0
+    print(_config(args).to_yaml(), end="")
+    return 0
+
+
+# -- bench --------------------------------------------------------------------------------------
+
+
+def _cmd_bench_envs(args: argparse.Namespace) -> int:
+    from diswm.bench.envs import bench_envs
+
+    cfg = _config(args)
+    report = bench_envs(cfg, steps=args.steps, rounds=args.rounds, json_path=args.json,
+                        progress=lambda msg: print(msg, file=sys.stderr))
+    summary = {k: report[k] for k in ("task", "env_steps_per_s", "fast_render_speedup",
+                                      "no_shadows_speedup", "physics_only_vs_full_render")}
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diswm", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    envs = sub.add_parser("envs", help="the colour-distracted task suite")
+    envs_sub = envs.add_subparsers(dest="envs_command", required=True, metavar="ACTION")
+    p = envs_sub.add_parser("list", help="list task ids")
+    p.add_argument("--all", action="store_true", help="every dm_control suite task too")
+    p.set_defaults(func=_cmd_envs_list)
+    p = envs_sub.add_parser("show", help="write distracted frames as a PNG grid or a GIF")
+    p.add_argument("task", help="task id, e.g. dmc:cheetah_run or mujoco:pusher")
+    p.add_argument("--scheme", choices=("A", "B"), help="colour scheme (default: the config's)")
+    p.add_argument("--frames", type=int, default=16, help="number of frames (default 16)")
+    p.add_argument("--every", type=int, default=None,
+                   help="agent steps between frames (default 10 for .png, 1 for .gif)")
+    p.add_argument("--scale", type=int, default=2, help="pixel upscaling for viewing")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output file, .png (grid) or .gif")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_envs_show)
+
+    config = sub.add_parser("config", help="resolved configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    p = config_sub.add_parser("show", help="print the resolved config as YAML")
+    p.add_argument("--presets", action="store_true", help="list preset names instead")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_config_show)
+
+    bench = sub.add_parser("bench", help="benchmarks (JSON with a same-run baseline)")
+    bench_sub = bench.add_subparsers(dest="bench_name", required=True, metavar="NAME")
+    p = bench_sub.add_parser("envs", help="env steps/s: default scene vs fast scene vs physics")
+    p.add_argument("--steps", type=int, default=300, help="agent steps per case per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--json", default=None, metavar="FILE", help="write the report here")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_bench_envs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, ValueError) as err:
+        print(f"diswm: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("diswm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,421 @@
+"""Typed, validated configuration built from YAML presets.
+
+All settings live in one file, ``diswm/configs/presets.yaml``: a ``defaults`` block nested by
+component and named presets that are deep-merged over it in the order given, then dotted
+``--set key=value`` overrides. The result becomes frozen dataclasses and is validated at once, so a
+wrong key, a wrong type or an impossible value fails at start with a message that names it::
+
+    cfg = load_config(["debug"], ["train.steps=20000", "env.task=dmc:walker_walk"])
+    cfg.save(run_dir / "config.yaml")
+    assert Config.load(run_dir / "config.yaml") == cfg
+
+A preset can also be the path of a YAML file (a resolved ``config.yaml`` of an earlier run, or a
+partial file in the same nested form).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESETS_RESOURCE = "presets.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration key, type or value is invalid; the message names it."""
+
+
+def _choices(*values: str) -> dict:
+    return {"choices": values}
+
+
+def _range(ge: float | None = None, gt: float | None = None, le: float | None = None,
+           lt: float | None = None) -> dict:
+    return {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt).items() if v is not None}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections. Each field's metadata carries its constraints; `validate()` adds cross-field checks.
+# Numbers follow DESIGN.md section 1 (the authors' released settings with their bugs fixed).
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """The target task and how it is observed."""
+
+    task: str = "dmc:cheetah_run"  # see `diswm envs list`
+    size: int = field(default=64, metadata=_range(ge=16, le=512))  # square RGB frames
+    action_repeat: int = field(default=2, metadata=_range(ge=1))  # rewards summed over the repeat
+    # Episode length in env (control) steps; 0 uses the task's own (DMC 1000, Pusher 100).
+    time_limit: int = field(default=0, metadata=_range(ge=0))
+    # Scene quality: "full" (shadows + reflections, dm_control's default look), "no_shadows", or
+    # "fast" (neither). Measured here: ~62 / ~185 / ~330 renders/s for cheetah at 64x64.
+    render_quality: str = field(default="fast", metadata=_choices("full", "no_shadows", "fast"))
+    camera: int = field(default=-1, metadata=_range(ge=-1))  # -1: the task's default camera
+
+
+@dataclass(frozen=True)
+class DistractionConfig:
+    """Colour distractions (DESIGN.md section 1)."""
+
+    enabled: bool = True
+    scheme: str = field(default="A", metadata=_choices("A", "B"))  # scheme at the start of a run
+    switch_to: str = field(default="B", metadata=_choices("A", "B"))
+    # Fraction of the run's env steps after which every env switches to `switch_to` for good;
+    # 1.0 never switches.
+    switch_at: float = field(default=0.5, metadata=_range(gt=0.0, le=1.0))
+    box: float = field(default=0.2, metadata=_range(ge=0.0, le=1.0))  # half-width around centre
+    step_std: float = field(default=0.2, metadata=_range(ge=0.0))  # per-step drift (DMC)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """World model sizes and loss scales."""
+
+    z_dim: int = field(default=20, metadata=_range(ge=1))  # beta-VAE latent (teacher & student)
+    cnn_depth: int = field(default=32, metadata=_range(ge=1))
+    stoch: int = field(default=50, metadata=_range(ge=1))
+    deter: int = field(default=200, metadata=_range(ge=1))
+    hidden: int = field(default=200, metadata=_range(ge=1))
+    units: int = field(default=400, metadata=_range(ge=1))
+    reward_layers: int = field(default=2, metadata=_range(ge=1))
+    discount_head: bool = False  # no discount head for DMC
+    kl_scale: float = field(default=1.0, metadata=_range(ge=0.0))  # alpha
+    kl_balance: float = field(default=0.8, metadata=_range(ge=0.0, le=1.0))
+    kl_free: float = field(default=1.0, metadata=_range(ge=0.0))
+    beta: float = field(default=0.015, metadata=_range(ge=0.0))  # KL[q(z|o) || N(0, I)]
+    image_scale: float = field(default=1.0, metadata=_range(ge=0.0))
+    reward_scale: float = field(default=2.0, metadata=_range(ge=0.0))
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Latent distillation from the frozen teacher: eta = eta_init * max(1 - t/decay, min_frac)."""
+
+    enabled: bool = True
+    teacher: str = ""  # path of the pretrained teacher checkpoint ("" = none)
+    eta_init: float = field(default=0.1, metadata=_range(ge=0.0))
+    eta_min_frac: float = field(default=0.1, metadata=_range(ge=0.0, le=1.0))  # 0.1 -> 0.01
+    decay_steps: int = field(default=50_000, metadata=_range(gt=0))  # agent steps
+    start_step: int = field(default=0, metadata=_range(ge=0))  # delayed start (Pusher: 50k)
+
+
+@dataclass(frozen=True)
+class BehaviourConfig:
+    """DreamerV2 actor-critic trained in imagination."""
+
+    horizon: int = field(default=15, metadata=_range(ge=1))
+    discount: float = field(default=0.99, metadata=_range(gt=0.0, le=1.0))
+    lambda_: float = field(default=0.95, metadata=_range(ge=0.0, le=1.0))
+    actor_layers: int = field(default=4, metadata=_range(ge=1))
+    critic_layers: int = field(default=4, metadata=_range(ge=1))
+    actor_dist: str = field(default="trunc_normal", metadata=_choices("trunc_normal", "tanh_normal"))
+    actor_grad: str = field(default="dynamics", metadata=_choices("dynamics", "reinforce"))
+    actor_entropy: float = field(default=1e-4, metadata=_range(ge=0.0))
+    slow_critic_update: int = field(default=100, metadata=_range(ge=1))
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    model_lr: float = field(default=3e-4, metadata=_range(gt=0.0))
+    actor_lr: float = field(default=8e-5, metadata=_range(gt=0.0))
+    critic_lr: float = field(default=8e-5, metadata=_range(gt=0.0))
+    eps: float = field(default=1e-5, metadata=_range(gt=0.0))
+    grad_clip: float = field(default=100.0, metadata=_range(gt=0.0))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Online training budget and schedule (env steps count control steps, as in the paper)."""
+
+    seed: int = 0
+    steps: int = field(default=1_000_000, metadata=_range(gt=0))  # env steps
+    batch_size: int = field(default=50, metadata=_range(ge=1))
+    batch_length: int = field(default=50, metadata=_range(ge=2))
+    train_every: int = field(default=5, metadata=_range(ge=1))  # agent steps per update
+    prefill: int = field(default=2500, metadata=_range(ge=0))  # agent steps before training
+    pretrain_updates: int = field(default=100, metadata=_range(ge=0))
+    eval_every: int = field(default=10_000, metadata=_range(gt=0))  # env steps
+    eval_episodes: int = field(default=10, metadata=_range(ge=0))
+    checkpoint_every: int = field(default=50_000, metadata=_range(gt=0))  # env steps
+    device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
+    amp: bool = False  # bf16 autocast on GPU
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Stage 1: the action-free beta-VAE video model on distracting videos."""
+
+    source_task: str = "dmc:cheetah_run"
+    frames: int = field(default=1_000_000, metadata=_range(gt=0))
+    updates: int = field(default=20_000, metadata=_range(gt=0))
+    batch_size: int = field(default=50, metadata=_range(ge=1))
+    batch_length: int = field(default=50, metadata=_range(ge=2))
+    lr: float = field(default=3e-4, metadata=_range(gt=0.0))
+    beta: float = field(default=0.015, metadata=_range(ge=0.0))  # beta_2
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    capacity: int = field(default=1_000_000, metadata=_range(gt=0))  # env steps kept
+    chunk_length: int = field(default=64, metadata=_range(ge=1))
+    compression: str = field(default="lz4", metadata=_choices("lz4", "zstd", "none"))
+    host: str = "127.0.0.1"
+    port: int = field(default=0, metadata=_range(ge=0, le=65535))  # 0: pick a free port
+    password: str = ""  # "" generates one into the run folder
+    namespace: str = "default"
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    actors: int = field(default=4, metadata=_range(ge=0))
+    envs_per_actor: int = field(default=1, metadata=_range(ge=1))
+    learner_gpus: float = field(default=1.0, metadata=_range(ge=0.0))  # fractional GPUs share a card
+    ray_address: str = ""  # "" starts a local Ray
+    metrics_port: int = field(default=9464, metadata=_range(ge=0, le=65535))
+    run_dir: str = "runs"
+
+
+@dataclass(frozen=True)
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    distraction: DistractionConfig = field(default_factory=DistractionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    behaviour: BehaviourConfig = field(default_factory=BehaviourConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def validate(self) -> Config:
+        """Cross-field checks; field-level checks already ran while building."""
+        from diswm.envs import validate_task_id  # local: envs import this module
+
+        for key, task in (("env.task", self.env.task), ("pretrain.source_task",
+                                                        self.pretrain.source_task)):
+            try:
+                validate_task_id(task)
+            except ValueError as err:
+                raise ConfigError(f"{key}: {err}") from None
+        if self.train.batch_length > self.replay.capacity:
+            raise ConfigError(
+                f"train.batch_length={self.train.batch_length} exceeds "
+                f"replay.capacity={self.replay.capacity}")
+        if self.train.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("train.device='cuda' but no CUDA device is visible; use 'auto'")
+        return self
+
+    # -- serialisation ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.to_yaml())
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        """Read a resolved config written by `save` (nothing else is merged in)."""
+        return build_config(_read_yaml(Path(path)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Building from nested dicts, with type coercion and field-level checks.
+# ---------------------------------------------------------------------------------------------
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Return `value` as `annotation` (bool, int, float, str), or raise naming `key`."""
+    tp = annotation if isinstance(annotation, type) else None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+        if as_float.is_integer():
+            return int(as_float)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported field type {annotation!r}")
+
+
+def _check_field(key: str, value: Any, meta: Mapping[str, Any]) -> None:
+    if "choices" in meta and value not in meta["choices"]:
+        allowed = ", ".join(repr(c) for c in meta["choices"])
+        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {allowed}")
+    bounds = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+              "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+    for name, (sign, ok) in bounds.items():
+        if name in meta and not ok(value, meta[name]):
+            raise ConfigError(f"{key}: {value!r} is out of range; it must be {sign} {meta[name]}")
+
+
+def _build_section(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix}: expected a mapping of keys, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix}.{unknown[0]}; valid keys in {prefix!r}: "
+            + ", ".join(sorted(fields)))
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}"
+        coerced = _coerce(key, value, hints[name])
+        _check_field(key, coerced, fields[name].metadata)
+        kwargs[name] = coerced
+    return cls(**kwargs)
+
+
+def build_config(data: Mapping[str, Any]) -> Config:
+    """Nested dict -> validated `Config` (missing keys take their defaults)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    hints = typing.get_type_hints(Config)
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise ConfigError(
+            f"unknown config section {unknown[0]!r}; valid sections: " + ", ".join(sections))
+    built = {name: _build_section(hints[name], value or {}, name) for name, value in data.items()}
+    return Config(**built).validate()
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets and overrides.
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def read_presets() -> dict[str, dict]:
+    """All named presets of `diswm/configs/presets.yaml`."""
+    text = resources.files("diswm.configs").joinpath(PRESETS_RESOURCE).read_text()
+    presets = yaml.safe_load(text)
+    assert isinstance(presets, dict) and "defaults" in presets, "presets.yaml needs 'defaults'"
+    return presets
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.key=value` -> (["section", "key"], parsed value). Values parse as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override key {key!r} must be section.key, e.g. train.steps=1000")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"override {key}: expected a scalar value, got {raw!r}")
+    return parts, ("" if value is None else value)
+
+
+def resolve_layers(presets: Iterable[str] = (), overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """defaults <- each preset in order <- each override; returns the merged nested dict."""
+    table = read_presets()
+    data: dict[str, Any] = deep_merge({}, table["defaults"])
+    for name in presets:
+        if name in table:
+            layer = table[name] or {}
+        elif name.endswith((".yaml", ".yml")):
+            layer = _read_yaml(Path(name))
+        else:
+            valid = ", ".join(k for k in table if k != "defaults")
+            raise ConfigError(f"unknown preset {name!r}; valid presets: {valid} "
+                              "(or the path of a .yaml file)")
+        data = deep_merge(data, layer)
+    for text in overrides:
+        (section, key), value = parse_override(text)
+        data = deep_merge(data, {section: {key: value}})
+    return data
+
+
+def load_config(presets: Iterable[str] = (), overrides: Iterable[str] = ()) -> Config:
+    """The resolved, validated config for `--config PRESET...` and `--set key=value...`."""
+    return build_config(resolve_layers(presets, overrides))
+
+
+def preset_names() -> list[str]:
+    return [name for name in read_presets() if name != "defaults"]
+
+
+def replace(cfg: Config, **sections: Mapping[str, Any]) -> Config:
+    """A copy of `cfg` with some keys changed, validated like everything else.
+
+    `replace(cfg, train={"steps": 10})`
+    """
+    return build_config(deep_merge(cfg.to_dict(), sections))
+
+
+__all__ = [
+    "BehaviourConfig", "Config", "ConfigError", "DistillConfig", "DistractionConfig", "EnvConfig",
+    "ModelConfig", "OptimConfig", "PretrainConfig", "ReplayConfig", "RuntimeConfig",
+    "TrainConfig", "build_config", "load_config", "preset_names", "replace", "resolve_layers",
+]
