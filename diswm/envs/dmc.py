@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from diswm.envs.core import Backend
 
 # Dreamer's camera choice: camera 0 everywhere except quadruped, which needs its camera 2.
 _DEFAULT_CAMERA = {"quadruped": 2}
+
+
+class _QuietCompilerWarnings(logging.Filter):
+    """dm_control's models use MJCF attributes that MuJoCo 3.x deprecates; one warning per env
+    load drowns real output, so drop just those."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is deprecated and will be removed" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietCompilerWarnings())
 
 
 def dmc_tasks() -> dict[str, tuple[str, str]]:

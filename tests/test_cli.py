@@ -1,0 +1,73 @@
+"""The `diswm` console script: envs list/show and bench envs, end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from diswm.cli import main
+
+
+def test_envs_list(capsys):
+    assert main(["envs", "list"]) == 0
+    out = capsys.readouterr().out.split()
+    assert "dmc:cheetah_run" in out and "mujoco:pusher" in out
+    assert main(["envs", "list", "--all"]) == 0
+    assert "dmc:humanoid_run" in capsys.readouterr().out
+
+
+def test_envs_show_png_grid(tmp_path, capsys):
+    out = tmp_path / "frames.png"
+    assert main(["envs", "show", "dmc:cheetah_run", "--scheme", "B", "--frames", "6",
+                 "--every", "3", "--scale", "1", "--out", str(out)]) == 0
+    image = iio.imread(out)
+    # 6 frames -> a 3x2 grid of 64x64 tiles with 2-pixel padding.
+    assert image.shape == (2 * 66 + 2, 3 * 66 + 2, 3)
+    tiles = [image[2 + r * 66:2 + r * 66 + 64, 2 + c * 66:2 + c * 66 + 64]
+             for r in range(2) for c in range(3)]
+    assert all(t.std() > 0 for t in tiles)
+    assert not np.array_equal(tiles[0], tiles[1])
+    assert "scheme B" in capsys.readouterr().out
+
+
+def test_envs_show_gif(tmp_path):
+    out = tmp_path / "pusher.gif"
+    assert main(["envs", "show", "mujoco:pusher", "--frames", "5", "--out", str(out)]) == 0
+    frames = iio.imread(out, index=None)
+    assert frames.shape[0] == 5 and frames.shape[1:3] == (128, 128)
+
+
+def test_envs_show_errors(tmp_path, capsys):
+    assert main(["envs", "show", "dmc:nope", "--out", str(tmp_path / "x.png")]) == 2
+    assert "unknown task 'dmc:nope'" in capsys.readouterr().err
+    assert main(["envs", "show", "dmc:cheetah_run", "--out", str(tmp_path / "x.jpg")]) == 2
+    assert "must end in .png or .gif" in capsys.readouterr().err
+    assert not (tmp_path / "x.jpg").exists()
+
+
+def test_bench_envs_writes_ratios(tmp_path, capsys):
+    out = tmp_path / "bench" / "envs.json"
+    assert main(["bench", "envs", "--steps", "5", "--rounds", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rates = report["env_steps_per_s"]
+    assert set(rates) == {"full_render", "no_shadows_render", "fast_render", "physics_only"}
+    assert all(r["median"] > 0 for r in rates.values())
+    assert report["fast_render_speedup"] == pytest.approx(
+        rates["fast_render"]["median"] / rates["full_render"]["median"])
+    assert report["machine"]["cpu_count"] >= 1 and "git_commit" in report["machine"]
+
+
+def test_console_script_entry_point():
+    """The installed `diswm` script (next to this interpreter) exits 2 naming the bad key."""
+    exe = Path(sys.executable).parent / "diswm"
+    assert exe.exists(), "the package is not installed with its console script"
+    result = subprocess.run([str(exe), "config", "show", "--set", "env.task=dmc:bad"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "env.task: unknown task 'dmc:bad'" in result.stderr

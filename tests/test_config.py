@@ -1,0 +1,169 @@
+"""Configuration: presets, overrides, validation errors that name the key, round trips."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from diswm.cli import main
+from diswm.config import (
+    Config,
+    ConfigError,
+    build_config,
+    load_config,
+    preset_names,
+    read_presets,
+    replace,
+    resolve_layers,
+)
+
+TRANSFER_PRESETS = {
+    "cheetah_run_to_walker_walk": ("dmc:cheetah_run", "dmc:walker_walk"),
+    "reacher_easy_to_cheetah_run": ("dmc:reacher_easy", "dmc:cheetah_run"),
+    "cheetah_run_to_hopper_stand": ("dmc:cheetah_run", "dmc:hopper_stand"),
+    "finger_spin_to_reacher_easy": ("dmc:finger_spin", "dmc:reacher_easy"),
+    "finger_spin_to_cartpole_swingup": ("dmc:finger_spin", "dmc:cartpole_swingup"),
+    "reacher_easy_to_pusher": ("dmc:reacher_easy", "mujoco:pusher"),
+}
+
+
+def test_yaml_defaults_match_dataclass_defaults():
+    """The YAML `defaults` block lists every key, with the dataclasses' values."""
+    yaml_defaults = read_presets()["defaults"]
+    code_defaults = Config().to_dict()
+    assert set(yaml_defaults) == set(code_defaults)
+    for section, values in code_defaults.items():
+        assert set(yaml_defaults[section]) == set(values), section
+        for key, value in values.items():
+            assert yaml_defaults[section][key] == value, f"{section}.{key}"
+    assert load_config() == Config()
+
+
+def test_design_numbers_in_defaults():
+    cfg = load_config()
+    assert (cfg.model.z_dim, cfg.model.stoch, cfg.model.deter, cfg.model.hidden) == (20, 50, 200, 200)
+    assert (cfg.model.kl_balance, cfg.model.kl_free, cfg.model.beta) == (0.8, 1.0, 0.015)
+    assert (cfg.train.batch_size, cfg.train.batch_length, cfg.train.train_every) == (50, 50, 5)
+    assert (cfg.optim.model_lr, cfg.optim.actor_lr, cfg.optim.eps) == (3e-4, 8e-5, 1e-5)
+    assert (cfg.env.size, cfg.env.action_repeat) == (64, 2)
+    assert (cfg.distraction.box, cfg.distraction.step_std, cfg.distraction.switch_at) == (0.2, 0.2, 0.5)
+
+
+def test_every_preset_resolves_and_validates():
+    for name in preset_names():
+        assert isinstance(load_config([name]), Config), name
+        assert isinstance(load_config(["debug", name]), Config), name
+
+
+@pytest.mark.parametrize("name,tasks", sorted(TRANSFER_PRESETS.items()))
+def test_transfer_presets(name, tasks):
+    cfg = load_config([name])
+    assert (cfg.pretrain.source_task, cfg.env.task) == tasks
+
+
+def test_pusher_preset_delays_distillation():
+    cfg = load_config(["reacher_easy_to_pusher"])
+    assert (cfg.distill.start_step, cfg.distill.decay_steps) == (50_000, 45_000)
+
+
+def test_presets_apply_in_order_then_overrides():
+    assert load_config(["debug"]).train.steps == 20_000
+    assert load_config(["debug", "tiny"]).train.steps == 400
+    assert load_config(["tiny", "debug"]).train.steps == 20_000
+    cfg = load_config(["debug"], ["train.steps=123", "env.task=dmc:walker_walk"])
+    assert cfg.train.steps == 123 and cfg.env.task == "dmc:walker_walk"
+    # Nested merge keeps the keys a preset does not mention.
+    assert load_config(["debug"]).model.z_dim == 20
+
+
+def test_override_coercion():
+    cfg = load_config([], ["train.steps=1e5", "optim.model_lr=1e-3", "train.amp=true",
+                           "replay.password=12345"])
+    assert cfg.train.steps == 100_000 and isinstance(cfg.train.steps, int)
+    assert cfg.optim.model_lr == 1e-3
+    assert cfg.train.amp is True
+    assert cfg.replay.password == "12345"
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("train.stepz=3", "unknown config key train.stepz; valid keys in 'train': amp"),
+    ("trian.steps=3", "unknown config section 'trian'"),
+    ("train.steps=abc", "train.steps: expected an integer, got 'abc'"),
+    ("train.steps=1.5", "train.steps: expected an integer"),
+    ("train.steps=0", "train.steps: 0 is out of range; it must be > 0"),
+    ("train.amp=maybe", "train.amp: expected true or false"),
+    ("model.kl_balance=2", "model.kl_balance: 2.0 is out of range; it must be <= 1.0"),
+    ("env.render_quality=ultra", "env.render_quality: 'ultra' is not allowed; choose one of "
+                                 "'full', 'no_shadows', 'fast'"),
+    ("distraction.scheme=C", "distraction.scheme: 'C' is not allowed; choose one of 'A', 'B'"),
+    ("env.task=dmc:cheetah_walk", "env.task: unknown task 'dmc:cheetah_walk'; valid tasks:"),
+    ("pretrain.source_task=pusher", "pretrain.source_task: unknown task 'pusher'"),
+    ("steps=3", "must be section.key"),
+    ("train.steps", "must look like section.key=value"),
+])
+def test_bad_overrides_name_the_key(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config([], [override])
+    assert needle in str(err.value)
+
+
+def test_unknown_task_lists_valid_ones():
+    with pytest.raises(ConfigError) as err:
+        load_config([], ["env.task=dmc:nope"])
+    assert "dmc:cheetah_run" in str(err.value) and "mujoco:pusher" in str(err.value)
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ConfigError) as err:
+        load_config(["nope"])
+    assert "unknown preset 'nope'" in str(err.value) and "debug" in str(err.value)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    cfg = load_config(["debug", "reacher_easy_to_pusher"], ["optim.model_lr=1.23e-4"])
+    path = cfg.save(tmp_path / "run" / "config.yaml")
+    assert Config.load(path) == cfg
+    # A saved config also works as a preset layer.
+    assert load_config([str(path)]) == cfg
+
+
+def test_bad_yaml_file_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+        load_config([str(bad)])
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config([str(tmp_path / "missing.yaml")])
+
+
+def test_config_is_frozen_and_replace_validates():
+    cfg = load_config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.steps = 5  # type: ignore[misc]
+    assert replace(cfg, train={"steps": 7}).train.steps == 7
+    with pytest.raises(ConfigError, match="train.steps"):
+        replace(cfg, train={"steps": -1})
+
+
+def test_build_config_rejects_non_mapping_section():
+    with pytest.raises(ConfigError, match="train: expected a mapping"):
+        build_config({"train": 5})
+
+
+def test_resolve_layers_does_not_mutate_presets():
+    before = read_presets()["debug"]["train"]["steps"]
+    resolve_layers(["debug"], ["train.steps=9"])
+    assert read_presets()["debug"]["train"]["steps"] == before
+
+
+def test_cli_reports_bad_key(capsys):
+    assert main(["config", "show", "--set", "train.stepz=1"]) == 2
+    err = capsys.readouterr().err
+    assert "diswm: error: unknown config key train.stepz" in err
+
+
+def test_cli_config_show_prints_resolved_yaml(capsys):
+    assert main(["config", "show", "--config", "tiny", "--set", "train.seed=7"]) == 0
+    out = capsys.readouterr().out
+    assert "seed: 7" in out and "steps: 400" in out
