@@ -94,6 +94,7 @@ class ModelConfig:
     beta: float = field(default=0.015, metadata=_range(ge=0.0))  # KL[q(z|o) || N(0, I)]
     image_scale: float = field(default=1.0, metadata=_range(ge=0.0))
     reward_scale: float = field(default=2.0, metadata=_range(ge=0.0))
+    discount_scale: float = field(default=1.0, metadata=_range(ge=0.0))  # with discount_head
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,11 @@ class DistillConfig:
     eta_min_frac: float = field(default=0.1, metadata=_range(ge=0.0, le=1.0))  # 0.1 -> 0.01
     decay_steps: int = field(default=50_000, metadata=_range(gt=0))  # agent steps
     start_step: int = field(default=0, metadata=_range(ge=0))  # delayed start (Pusher: 50k)
+    # "mean": per-step KL averaged over batch x time; "batchmean": the released code's
+    # F.kl_div(..., reduction="batchmean") on (B, T, Z), i.e. summed over time (T times larger).
+    reduction: str = field(default="mean", metadata=_choices("mean", "batchmean"))
+    # DV2-finetune baseline: initialise encoder, RSSM and decoder from the teacher checkpoint.
+    finetune: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,8 @@ class TrainConfig:
     checkpoint_every: int = field(default=50_000, metadata=_range(gt=0))  # env steps
     device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
     amp: bool = False  # bf16 autocast on GPU
+    compile: bool = False  # torch.compile the conv encoder/decoder and the MLP heads
+    channels_last: bool = False  # channels-last memory format in the conv stacks
 
 
 @dataclass(frozen=True)

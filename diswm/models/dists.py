@@ -1,0 +1,99 @@
+"""Distributions the models output, in plain PyTorch.
+
+* Diagonal Gaussians are kept as ``(mean, std)`` tensor pairs; the RSSM's std is
+  ``2 * sigmoid(x / 2) + min_std`` (DreamerV2, continuous latents).
+* `TruncNormal`: the DreamerV2 actor's truncated normal on [-1, 1]
+  (mean = tanh(x), std = 2 * sigmoid(x / 2) + 0.1), with reparameterised samples
+  (inverse-CDF: x = mu + sigma * Phi^-1(Phi(a) + u (Phi(b) - Phi(a))), u ~ U(0, 1)), exact
+  log-prob and entropy, summed over the action dimensions (an Independent distribution).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def bounded_std(raw: Tensor, min_std: float = 0.1) -> Tensor:
+    """DreamerV2's std transform: 2 * sigmoid(x / 2) + min_std, so std is in (min_std, 2 + min_std)."""
+    return 2.0 * torch.sigmoid(raw / 2.0) + min_std
+
+
+def unit_normal_nll(mean: Tensor, target: Tensor, event_dims: int) -> Tensor:
+    """-log N(target; mean, 1), summed over the last `event_dims` dims (constant included)."""
+    nll = 0.5 * (target - mean).pow(2) + _LOG_SQRT_2PI
+    return nll.sum(dim=tuple(range(-event_dims, 0))) if event_dims else nll
+
+
+def _phi(x: Tensor) -> Tensor:
+    return torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+
+def _Phi(x: Tensor) -> Tensor:
+    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+class TruncNormal:
+    """Independent truncated normals on [low, high] over the last dim (the action dims)."""
+
+    def __init__(self, mean: Tensor, std: Tensor, low: float = -1.0, high: float = 1.0,
+                 eps: float = 1e-6):
+        self.mean_, self.std = mean, std
+        self.low, self.high, self.eps = low, high, eps
+        self.alpha = (low - mean) / std
+        self.beta = (high - mean) / std
+        self.cdf_a, self.cdf_b = _Phi(self.alpha), _Phi(self.beta)
+        self.Z = (self.cdf_b - self.cdf_a).clamp_min(1e-8)
+
+    def rsample(self) -> Tensor:
+        u = torch.rand_like(self.mean_)
+        p = (self.cdf_a + u * self.Z).clamp(1e-6, 1 - 1e-6)
+        x = self.mean_ + self.std * torch.special.ndtri(p)
+        # Keep samples strictly inside the support with a straight-through clip (DreamerV2).
+        clipped = x.clamp(self.low + self.eps, self.high - self.eps)
+        return x + (clipped - x).detach()
+
+    sample = rsample
+
+    def mode(self) -> Tensor:
+        return self.mean_.clamp(self.low, self.high)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        xi = (x - self.mean_) / self.std
+        logp = -0.5 * xi * xi - _LOG_SQRT_2PI - torch.log(self.std) - torch.log(self.Z)
+        return logp.sum(-1)
+
+    def entropy(self) -> Tensor:
+        a, b = self.alpha, self.beta
+        ent = (_LOG_SQRT_2PI + 0.5 + torch.log(self.std) + torch.log(self.Z)
+               + (a * _phi(a) - b * _phi(b)) / (2.0 * self.Z))
+        return ent.sum(-1)
+
+
+class TanhNormal:
+    """Gaussian squashed by tanh (DreamerV1 actor); entropy is estimated from one sample."""
+
+    def __init__(self, mean: Tensor, std: Tensor):
+        self.base = torch.distributions.Normal(mean, std)
+
+    def rsample(self) -> Tensor:
+        return torch.tanh(self.base.rsample())
+
+    sample = rsample
+
+    def mode(self) -> Tensor:
+        return torch.tanh(self.base.mean)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        x = x.clamp(-1 + 1e-6, 1 - 1e-6)
+        pre = torch.atanh(x)
+        return (self.base.log_prob(pre) - torch.log1p(-x * x)).sum(-1)
+
+    def entropy(self) -> Tensor:
+        pre = self.base.rsample()
+        x = torch.tanh(pre)
+        return -(self.base.log_prob(pre) - torch.log1p(-x * x + 1e-6)).sum(-1)

@@ -1,0 +1,121 @@
+"""Building blocks: MLP, LayerNorm GRU cell, the beta-VAE image encoder and the image decoder.
+
+Image conventions: uint8 frames ``image_BTHWC`` in [0, 255] become floats ``x / 255 - 0.5``
+(DreamerV2) and channels-first inside the conv stacks. Sizes follow DESIGN.md section 1 with
+``d = model.cnn_depth`` (32 by default): four stride-2 4x4 convs 3 -> d -> d -> 2d -> 2d, a
+(size/16)x(size/16) conv to ``8d`` channels (256 at d = 32, the beta-VAE paper's 256), then a
+linear layer to the mean and log-variance of the ``z_dim``-d latent (Higgins et al. 2017,
+Burgess et al. 2018 architecture). ELU activations throughout (DreamerV2's choice).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def kaiming_init(module: nn.Module) -> None:
+    """Kaiming-normal weights and zero biases for conv/linear layers (the beta-VAE's init)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def preprocess_image(image: Tensor) -> Tensor:
+    """uint8 (..., H, W, C) -> float (..., H, W, C) in [-0.5, 0.5]."""
+    return image.float() / 255.0 - 0.5
+
+
+class MLP(nn.Module):
+    """`layers` x (Linear(units) + ELU), then a Linear to `out_dim` (DreamerV2 heads)."""
+
+    def __init__(self, in_dim: int, out_dim: int, layers: int, units: int):
+        super().__init__()
+        mods: list[nn.Module] = []
+        for i in range(layers):
+            mods += [nn.Linear(in_dim if i == 0 else units, units), nn.ELU()]
+        mods.append(nn.Linear(units if layers else in_dim, out_dim))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class LayerNormGRUCell(nn.Module):
+    """DreamerV2's GRU cell: one bias-free Linear on [input, state] -> 3 * size, LayerNorm, then
+    reset, candidate, update gates with an update bias of -1."""
+
+    def __init__(self, in_dim: int, size: int, update_bias: float = -1.0):
+        super().__init__()
+        self.linear = nn.Linear(in_dim + size, 3 * size, bias=False)
+        self.norm = nn.LayerNorm(3 * size)
+        self.update_bias = update_bias
+
+    def forward(self, x_NI: Tensor, h_ND: Tensor) -> Tensor:
+        parts = self.norm(self.linear(torch.cat([x_NI, h_ND], -1)))
+        reset, cand, update = parts.chunk(3, -1)
+        reset = torch.sigmoid(reset)
+        cand = torch.tanh(reset * cand)
+        update = torch.sigmoid(update + self.update_bias)
+        return update * cand + (1 - update) * h_ND
+
+
+class BetaVAEEncoder(nn.Module):
+    """Image -> (z mean, z log-variance, z sample), each (..., z_dim). DisWM's posterior q(z|o)."""
+
+    def __init__(self, depth: int, z_dim: int, size: int = 64):
+        super().__init__()
+        if size % 16:
+            raise ValueError(f"image size {size} must be a multiple of 16")
+        d = depth
+        self.embed_dim = 8 * d
+        self.convs = nn.Sequential(
+            nn.Conv2d(3, d, 4, 2, 1), nn.ELU(),
+            nn.Conv2d(d, d, 4, 2, 1), nn.ELU(),
+            nn.Conv2d(d, 2 * d, 4, 2, 1), nn.ELU(),
+            nn.Conv2d(2 * d, 2 * d, 4, 2, 1), nn.ELU(),
+            nn.Conv2d(2 * d, 8 * d, size // 16, 1), nn.ELU(),  # -> (8d, 1, 1)
+        )
+        self.head = nn.Linear(8 * d, 2 * z_dim)
+        self.z_dim = z_dim
+        self.channels_last = False
+        kaiming_init(self)
+
+    def forward(self, image: Tensor, sample: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        lead = image.shape[:-3]
+        x_NCHW = preprocess_image(image.reshape(-1, *image.shape[-3:])).permute(0, 3, 1, 2)
+        if self.channels_last:
+            x_NCHW = x_NCHW.contiguous(memory_format=torch.channels_last)
+        h_NE = self.convs(x_NCHW).flatten(1)
+        mean, logvar = self.head(h_NE).chunk(2, -1)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if sample else mean
+        return (mean.reshape(*lead, -1), logvar.reshape(*lead, -1), z.reshape(*lead, -1))
+
+
+class ImageDecoder(nn.Module):
+    """Features (..., F) -> pixel means (..., H, W, 3) of Normal(mean, 1) (DESIGN.md section 1):
+    Linear(F -> z_dim) -> ELU -> Linear(z_dim -> 8d) -> transposed convs mirroring the encoder."""
+
+    def __init__(self, feat_dim: int, depth: int, z_dim: int, size: int = 64):
+        super().__init__()
+        d = depth
+        self.fc = nn.Sequential(nn.Linear(feat_dim, z_dim), nn.ELU(), nn.Linear(z_dim, 8 * d), nn.ELU())
+        self.deconvs = nn.Sequential(
+            nn.ConvTranspose2d(8 * d, 2 * d, size // 16, 1), nn.ELU(),
+            nn.ConvTranspose2d(2 * d, 2 * d, 4, 2, 1), nn.ELU(),
+            nn.ConvTranspose2d(2 * d, d, 4, 2, 1), nn.ELU(),
+            nn.ConvTranspose2d(d, d, 4, 2, 1), nn.ELU(),
+            nn.ConvTranspose2d(d, 3, 4, 2, 1),
+        )
+        self.channels_last = False
+        kaiming_init(self)
+
+    def forward(self, feat: Tensor) -> Tensor:
+        lead = feat.shape[:-1]
+        h = self.fc(feat.reshape(-1, feat.shape[-1]))[:, :, None, None]
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
+        mean_NCHW = self.deconvs(h)
+        return mean_NCHW.permute(0, 2, 3, 1).reshape(*lead, *mean_NCHW.shape[-2:], 3)

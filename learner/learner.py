@@ -1,0 +1,261 @@
+"""The DisWM learner's training logic, without Ray (sample-factory's learner / acme's Learner).
+
+The loop it lives in (the serial runner and the Ray actor wrap the same class)::
+
+    learner = Learner(cfg, action_dim=6)              # teacher from cfg.distill.teacher, if any
+    while True:
+        metrics = learner.update(replay.sample(B, T), agent_step=agent_steps)
+        version, weights = learner.get_weights("policy")   # broadcast to actors' Policy
+        learner.save(run_dir / "learner.pt")               # resume exactly with restore()
+
+One update (DreamerV2 Algorithm 1 + DisWM's loss): world-model step on the batch (with eta *
+L_distill from the frozen teacher), then the actor and critic steps in imagination from the
+batch's posterior states. Three named Adam groups: "model", "actor", "critic".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from diswm.config import Config, build_config, replace
+from diswm.models import (
+    ActorCritic,
+    WorldModel,
+    combine,
+    eta_at,
+    frozen,
+    load_pretrained,
+    make_teacher,
+)
+from diswm.models.nets import BetaVAEEncoder
+
+CHECKPOINT_FORMAT = "diswm-learner-v1"
+BATCH_KEYS = ("image", "action", "reward", "is_first", "is_terminal")
+#: Prefixes of the weights an actor's Policy needs.
+POLICY_PREFIXES = ("wm.encoder.", "wm.rssm.", "ac.actor.")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Learner:
+    """World model + actor-critic + their optimizers + counters; `update`, weights, save/restore."""
+
+    def __init__(self, cfg: Config, action_dim: int, *,
+                 pretrained: Mapping[str, Tensor] | None = None,
+                 device: str | torch.device | None = None):
+        self.cfg = cfg
+        self.action_dim = int(action_dim)
+        self.device = torch.device(device) if device is not None else resolve_device(cfg.train.device)
+        torch.manual_seed(cfg.train.seed)
+        size = cfg.env.size
+        self.wm = WorldModel(cfg.model, action_dim, size).to(self.device)
+        self.ac = ActorCritic(cfg.behaviour, self.wm.rssm.feat_dim, action_dim,
+                              cfg.model.units).to(self.device)
+        if pretrained is None and cfg.distill.teacher and (cfg.distill.enabled
+                                                          or cfg.distill.finetune):
+            pretrained = load_pretrained(cfg.distill.teacher)
+        self.teacher: BetaVAEEncoder | None = None
+        if pretrained is not None and cfg.distill.enabled:
+            self.teacher = make_teacher(cfg.model, pretrained, size).to(self.device)
+        if pretrained is not None and cfg.distill.finetune:
+            self._load_finetune(pretrained)
+        if cfg.train.channels_last:
+            for m in (self.wm.encoder, self.wm.decoder, self.teacher):
+                if m is not None:
+                    m.channels_last = True
+                    m.to(memory_format=torch.channels_last)
+        if cfg.train.compile:
+            for m in (self.wm.encoder.convs, self.wm.decoder.deconvs, self.wm.reward,
+                      self.ac.actor.net, self.ac.critic, self.ac.slow_critic):
+                m.compile(dynamic=False)
+        o = cfg.optim
+        self.opts = {
+            "model": torch.optim.Adam(self.wm.parameters(), lr=o.model_lr, eps=o.eps),
+            "actor": torch.optim.Adam(self.ac.actor.parameters(), lr=o.actor_lr, eps=o.eps),
+            "critic": torch.optim.Adam(self.ac.critic.parameters(), lr=o.critic_lr, eps=o.eps),
+        }
+        self.updates = 0  # gradient updates done
+        self.version = 0  # policy version: bumped by every update and set_weights
+        self.agent_step = 0  # agent steps seen (drives eta)
+        self.scheme = cfg.distraction.scheme  # colour scheme phase of the run
+        self.amp = bool(cfg.train.amp and self.device.type == "cuda")
+
+    # -- training ---------------------------------------------------------------------------
+    def eta(self) -> float | None:
+        """Current distillation weight, or None when there is no teacher (no term at all)."""
+        return None if self.teacher is None else eta_at(self.agent_step, self.cfg.distill)
+
+    def update(self, batch: Mapping[str, Any], agent_step: int | None = None) -> dict[str, float]:
+        """One world-model step and one actor-critic step on a (B, T) batch; returns metrics."""
+        start_time = time.perf_counter()
+        if agent_step is not None:
+            self.agent_step = int(agent_step)
+        data = self._to_device(batch)
+        eta = self.eta()
+        metrics: dict[str, float] = {}
+        with self._autocast():
+            z_teacher = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    z_teacher = self.teacher(data["image"], sample=False)[0].float()
+            wm_losses, aux = self.wm.loss(data, z_teacher_BTZ=z_teacher,
+                                          distill_reduction=self.cfg.distill.reduction)
+            wm_loss = combine(wm_losses, self.wm.scales(eta=eta))
+        metrics["model_grad_norm"] = self._step("model", wm_loss, self.wm.parameters())
+        self.ac.update_slow_critic(self.updates)
+        start = self.wm.imagine_start(aux["post"])
+        with frozen(self.wm), self._autocast():
+            actor_losses, critic_losses, ac_metrics = self.ac.loss(
+                self.wm, start, data["is_terminal"].reshape(-1))
+            actor_loss = combine(actor_losses, self.ac.actor_scales())
+            critic_loss = combine(critic_losses, self.ac.critic_scales())
+        metrics["actor_grad_norm"] = self._step("actor", actor_loss, self.ac.actor.parameters())
+        metrics["critic_grad_norm"] = self._step("critic", critic_loss,
+                                                 self.ac.critic.parameters())
+        self.updates += 1
+        self.version += 1
+        for prefix, terms in (("model", wm_losses), ("actor", actor_losses),
+                              ("critic", critic_losses)):
+            metrics.update({f"{prefix}/{k}": float(v.detach()) for k, v in terms.items()})
+        metrics.update({
+            "model_loss": float(wm_loss.detach()), "actor_loss": float(actor_loss.detach()),
+            "critic_loss": float(critic_loss.detach()), "kl_value": float(aux["kl_value"]),
+            "z_std": float(aux["z_std"]), "eta": float(eta or 0.0),
+            **{k: float(v) for k, v in ac_metrics.items()},
+            "updates": float(self.updates), "update_seconds": time.perf_counter() - start_time,
+        })
+        return metrics
+
+    def _step(self, name: str, loss: Tensor, params: Iterable[nn.Parameter]) -> float:
+        opt = self.opts[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in params if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+        opt.step()
+        return float(norm)
+
+    def _autocast(self):
+        if self.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _to_device(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        missing = [k for k in BATCH_KEYS if k not in batch]
+        if missing:
+            raise KeyError(f"batch lacks keys {missing}; it has {sorted(batch)}")
+        out = {}
+        for key in BATCH_KEYS:
+            value = batch[key]
+            t = torch.as_tensor(np.asarray(value)) if not isinstance(value, Tensor) else value
+            if key in ("action", "reward"):
+                t = t.float()
+            elif key in ("is_first", "is_terminal"):
+                t = t.bool()
+            out[key] = t.to(self.device, non_blocking=True)
+        if out["image"].dtype != torch.uint8 or out["image"].ndim != 5:
+            raise ValueError(f"batch image must be uint8 (B, T, H, W, C), got "
+                             f"{out['image'].dtype} {tuple(out['image'].shape)}")
+        return out
+
+    def _load_finetune(self, pretrained: Mapping[str, Tensor]) -> None:
+        """DV2-finetune: copy every pretrained encoder/RSSM/decoder weight whose shape matches
+        (the action-free RSSM has no action weights; those stay freshly initialised)."""
+        own = self.wm.state_dict()
+        take = {k: v for k, v in pretrained.items()
+                if k.split(".")[0] in ("encoder", "rssm", "decoder") and k in own
+                and own[k].shape == v.shape}
+        self.wm.load_state_dict(take, strict=False)
+
+    # -- weights ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Tensor]:
+        """Every trainable module's weights, keys prefixed "wm." and "ac."."""
+        out = {f"wm.{k}": v for k, v in self.wm.state_dict().items()}
+        out.update({f"ac.{k}": v for k, v in self.ac.state_dict().items()})
+        return out
+
+    def get_weights(self, scope: str = "all") -> tuple[int, dict[str, Tensor]]:
+        """(version, CPU copies of the weights); scope "policy" keeps what a Policy needs."""
+        if scope not in ("all", "policy"):
+            raise ValueError(f"scope must be 'all' or 'policy', got {scope!r}")
+        state = self.state_dict()
+        if scope == "policy":
+            state = {k: v for k, v in state.items() if k.startswith(POLICY_PREFIXES)}
+        return self.version, {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+    def set_weights(self, version: int, state: Mapping[str, Tensor]) -> None:
+        """Load a full state dict from `get_weights("all")` and take its version."""
+        self.wm.load_state_dict({k[3:]: v for k, v in state.items() if k.startswith("wm.")})
+        self.ac.load_state_dict({k[3:]: v for k, v in state.items() if k.startswith("ac.")})
+        self.version = int(version)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save(self, path: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
+        """Everything needed to resume exactly; `extra` holds a runner's plain state."""
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        payload = {
+            "format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(),
+            "action_dim": self.action_dim,
+            "wm": self.wm.state_dict(), "ac": self.ac.state_dict(),
+            "teacher": None if self.teacher is None else {
+                f"encoder.{k}": v for k, v in self.teacher.state_dict().items()},
+            "optimizers": {name: opt.state_dict() for name, opt in self.opts.items()},
+            "counters": {"updates": self.updates, "version": self.version,
+                         "agent_step": self.agent_step},
+            "scheme": self.scheme, "rng": rng, "extra": dict(extra or {}),
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(path)
+        return path
+
+    def restore(self, path: str | Path) -> dict[str, Any]:
+        """Load a `save`d checkpoint (weights_only: no unpickling); returns its `extra`."""
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+        if payload.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
+        self.wm.load_state_dict(payload["wm"])
+        self.ac.load_state_dict(payload["ac"])
+        if payload["teacher"] is not None:
+            if self.teacher is None:
+                self.teacher = make_teacher(self.cfg.model, payload["teacher"],
+                                            self.cfg.env.size).to(self.device)
+            else:
+                self.teacher.load_state_dict({k[len("encoder."):]: v
+                                              for k, v in payload["teacher"].items()})
+        for name, opt in self.opts.items():
+            opt.load_state_dict(payload["optimizers"][name])
+        counters = payload["counters"]
+        self.updates, self.version = int(counters["updates"]), int(counters["version"])
+        self.agent_step = int(counters["agent_step"])
+        self.scheme = str(payload["scheme"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        if "cuda" in payload["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+        return payload["extra"]
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | None = None) -> tuple[Learner, dict]:
+        """A learner rebuilt from the config and teacher stored in a checkpoint, restored."""
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+        cfg = build_config(payload["config"])
+        if payload["teacher"] is None:  # nothing to rebuild; do not look for the original file
+            cfg = replace(cfg, distill={"teacher": ""})
+        learner = cls(cfg, payload["action_dim"], pretrained=payload["teacher"], device=device)
+        return learner, learner.restore(path)
