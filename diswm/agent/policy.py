@@ -1,0 +1,77 @@
+"""The actors' policy: student encoder -> RSSM filter -> actor, one recurrent state per env.
+
+    policy = Policy(cfg, action_dim=6, num_envs=4, mode="explore")
+    policy.load_weights(*learner.get_weights("policy"))     # or weights from the broadcast
+    obs = {"image": (4, 64, 64, 3) uint8, "is_first": (4,) bool}
+    action_NA = policy(obs)                                 # float32 in [-1, 1]
+
+``is_first`` resets that env's state and previous action (DreamerV2: the state is zeroed at the
+start of an episode). ``explore`` samples z, the latent and the action; ``eval`` takes the means
+and the actor's mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diswm.config import Config
+from diswm.models.behaviour import Actor
+from diswm.models.nets import BetaVAEEncoder
+from diswm.models.rssm import RSSM
+
+MODES = ("explore", "eval")
+
+
+class Policy:
+    def __init__(self, cfg: Config, action_dim: int, num_envs: int, *, mode: str = "explore",
+                 device: str = "cpu"):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        m = cfg.model
+        self.device = torch.device(device)
+        self.mode = mode
+        self.num_envs, self.action_dim = num_envs, action_dim
+        self.encoder = BetaVAEEncoder(m.cnn_depth, m.z_dim, cfg.env.size)
+        self.rssm = RSSM(embed_dim=m.z_dim, action_dim=action_dim, stoch=m.stoch, deter=m.deter,
+                         hidden=m.hidden)
+        self.actor = Actor(self.rssm.feat_dim, action_dim, cfg.behaviour.actor_layers, m.units,
+                           cfg.behaviour.actor_dist)
+        self._modules = {"wm.encoder.": self.encoder, "wm.rssm.": self.rssm,
+                         "ac.actor.": self.actor}
+        for module in self._modules.values():
+            module.to(self.device).eval().requires_grad_(False)
+        self.version = -1  # no weights loaded yet
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every env's recurrent state."""
+        self.state = self.rssm.initial(self.num_envs, self.device)
+        self.prev_action = torch.zeros(self.num_envs, self.action_dim, device=self.device)
+
+    def load_weights(self, version: int, state: Mapping[str, Tensor]) -> None:
+        """Load the policy subset of a learner state dict (keys "wm.encoder.", "wm.rssm.",
+        "ac.actor."); extra keys (decoder, critic, ...) are ignored, missing ones fail."""
+        for prefix, module in self._modules.items():
+            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            module.load_state_dict(sub)
+        self.version = int(version)
+
+    @torch.no_grad()
+    def __call__(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(N, H, W, 3) uint8 images and (N,) is_first flags -> (N, A) float32 actions."""
+        image = torch.as_tensor(np.asarray(obs["image"]), device=self.device)
+        is_first = torch.as_tensor(np.asarray(obs["is_first"]), device=self.device).bool()
+        if image.shape[0] != self.num_envs or is_first.shape != (self.num_envs,):
+            raise ValueError(f"expected {self.num_envs} envs, got image {tuple(image.shape)} "
+                             f"and is_first {tuple(is_first.shape)}")
+        explore = self.mode == "explore"
+        _, _, z = self.encoder(image, sample=explore)
+        post, _ = self.rssm.obs_step(self.state, self.prev_action, z, is_first, sample=explore)
+        dist = self.actor(RSSM.feat(post))
+        action = dist.sample() if explore else dist.mode()
+        self.state, self.prev_action = post, action
+        return action.cpu().numpy().astype(np.float32)

@@ -1,0 +1,182 @@
+"""The Learner: frozen teacher, distillation schedule, optimizer groups, weights, exact resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diswm.config import load_config
+from diswm.models import VideoModel
+from learner import Learner
+
+A = 6
+
+
+def make_batch(cfg, seed: int = 0, structured: bool = False) -> dict[str, np.ndarray]:
+    """A (B, T) batch in the replay's layout; `structured`: a moving square, learnable."""
+    rng = np.random.default_rng(seed)
+    B, T = cfg.train.batch_size, cfg.train.batch_length
+    if structured:
+        image = np.zeros((B, T, 64, 64, 3), np.uint8)
+        for b in range(B):
+            for t in range(T):
+                x = (4 * t + 9 * b) % 48
+                image[b, t, 20:36, x:x + 16] = (200, 80 + 20 * b, 40)
+    else:
+        image = rng.integers(0, 256, (B, T, 64, 64, 3), dtype=np.uint8)
+    first = np.zeros((B, T), bool)
+    first[:, 0] = True
+    action = rng.uniform(-1, 1, (B, T, A)).astype(np.float32)
+    action[first] = 0
+    return {"image": image, "action": action,
+            "reward": rng.normal(size=(B, T)).astype(np.float32), "is_first": first,
+            "is_last": np.zeros((B, T), bool), "is_terminal": np.zeros((B, T), bool),
+            "policy_version": np.zeros((B, T), np.int64)}
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(["tiny"])
+
+
+@pytest.fixture(scope="module")
+def pretrained(cfg):
+    torch.manual_seed(123)
+    return VideoModel(cfg.model).state_dict()
+
+
+def test_teacher_frozen_and_in_no_optimizer_while_student_learns(cfg, pretrained):
+    learner = Learner(cfg, A, pretrained=pretrained)
+    teacher = learner.teacher
+    assert teacher is not None and not teacher.training
+    assert all(not p.requires_grad for p in teacher.parameters())
+    in_opts = {id(p) for opt in learner.opts.values() for g in opt.param_groups for p in g["params"]}
+    assert not in_opts & {id(p) for p in teacher.parameters()}
+    assert all(id(p) in in_opts for p in learner.wm.encoder.parameters())
+    # The teacher starts as the pretrained encoder; the student is freshly initialised.
+    torch.testing.assert_close(teacher.head.weight, pretrained["encoder.head.weight"])
+    assert not torch.equal(learner.wm.encoder.head.weight, pretrained["encoder.head.weight"])
+    before_t = {k: v.clone() for k, v in teacher.state_dict().items()}
+    before_s = {k: v.clone() for k, v in learner.wm.encoder.state_dict().items()}
+    for i in range(3):
+        metrics = learner.update(make_batch(cfg, i), agent_step=100 * i)
+        assert metrics["model/distill"] > 0 and np.isfinite(metrics["model_loss"])
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, before_t[k]), k
+    assert all(not p.requires_grad for p in teacher.parameters()) and not teacher.training
+    changed = [k for k, v in learner.wm.encoder.state_dict().items() if not torch.equal(v, before_s[k])]
+    assert len(changed) == len(before_s)
+
+
+def test_eta_follows_agent_steps_and_distill_term_weighs_in(cfg, pretrained):
+    learner = Learner(cfg, A, pretrained=pretrained)
+    m0 = learner.update(make_batch(cfg), agent_step=0)
+    m1 = learner.update(make_batch(cfg), agent_step=25_000)
+    m2 = learner.update(make_batch(cfg), agent_step=400_000)
+    assert (m0["eta"], m1["eta"], m2["eta"]) == pytest.approx((0.1, 0.05, 0.01))
+    # model_loss is exactly the configured combination of the named terms.
+    s = cfg.model
+    expect = (s.image_scale * m2["model/image"] + s.reward_scale * m2["model/reward"]
+              + s.beta * m2["model/beta"] + s.kl_scale * m2["model/kl"] + 0.01 * m2["model/distill"])
+    assert m2["model_loss"] == pytest.approx(expect, rel=1e-5)
+    pusher = Learner(load_config(["tiny", "reacher_easy_to_pusher"]), A, pretrained=pretrained)
+    assert pusher.update(make_batch(cfg), agent_step=10_000)["eta"] == 0.0
+    no_teacher = Learner(cfg, A)
+    assert no_teacher.teacher is None and "model/distill" not in no_teacher.update(make_batch(cfg))
+    off = Learner(load_config(["tiny", "no_distill"]), A, pretrained=pretrained)
+    assert off.teacher is None
+
+
+def test_optimizer_groups_and_learning_rates(cfg):
+    learner = Learner(load_config([]), A)  # defaults: 3e-4 / 8e-5 / 8e-5, eps 1e-5
+    lrs = {k: o.param_groups[0]["lr"] for k, o in learner.opts.items()}
+    assert lrs == {"model": 3e-4, "actor": 8e-5, "critic": 8e-5}
+    assert all(o.param_groups[0]["eps"] == 1e-5 for o in learner.opts.values())
+    ids = {k: {id(p) for g in o.param_groups for p in g["params"]} for k, o in learner.opts.items()}
+    assert ids["model"] == {id(p) for p in learner.wm.parameters()}
+    assert ids["actor"] == {id(p) for p in learner.ac.actor.parameters()}
+    assert ids["critic"] == {id(p) for p in learner.ac.critic.parameters()}
+    assert not any(id(p) in ids[k] for p in learner.ac.slow_critic.parameters() for k in ids)
+
+
+def test_slow_critic_copies_every_n_updates():
+    cfg = load_config(["tiny"], ["behaviour.slow_critic_update=3"])
+    learner = Learner(cfg, A)
+    snapshots, copied_from = [], []
+    for i in range(7):
+        snapshots.append([p.detach().clone() for p in learner.ac.critic.parameters()])
+        learner.update(make_batch(cfg, i))
+        slow = list(learner.ac.slow_critic.parameters())
+        copied_from.append([k for k, snap in enumerate(snapshots) if all(
+            torch.equal(a, b) for a, b in zip(snap, slow, strict=True))])
+    # The slow critic holds the critic as it was before updates 0, 3 and 6 (DreamerV2: copy
+    # every `slow_critic_update` updates), never the current critic.
+    assert copied_from == [[0], [0], [0], [3], [3], [3], [6]]
+
+
+def test_world_model_loss_falls_on_a_fixed_batch(cfg):
+    learner = Learner(load_config(["tiny"], ["optim.model_lr=0.001"]), A)
+    batch = make_batch(cfg, structured=True)
+    floor = 64 * 64 * 3 * 0.5 * np.log(2 * np.pi)  # the image NLL's constant (unit variance)
+    losses = [learner.update(batch)["model_loss"] - floor for _ in range(40)]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+
+
+def test_save_restore_resumes_bit_identically(cfg, pretrained, tmp_path):
+    batches = [make_batch(cfg, s) for s in range(4)]
+    a = Learner(cfg, A, pretrained=pretrained)
+    a.scheme = "B"
+    a.update(batches[0], agent_step=10)
+    a.update(batches[1], agent_step=20)
+    a.save(tmp_path / "learner.pt", extra={"env_steps": 40})
+    ma = [a.update(batches[2], agent_step=30), a.update(batches[3], agent_step=40)]
+    torch.manual_seed(999)  # disturb the RNG and build a different learner
+    b, extra = Learner.from_checkpoint(tmp_path / "learner.pt")
+    assert extra == {"env_steps": 40} and b.scheme == "B" and b.updates == 2
+    assert b.version == 2 and b.agent_step == 20
+    mb = [b.update(batches[2], agent_step=30), b.update(batches[3], agent_step=40)]
+    for x, y in zip(ma, mb, strict=True):
+        assert {k: v for k, v in x.items() if k != "update_seconds"} == \
+            {k: v for k, v in y.items() if k != "update_seconds"}
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    for name in a.opts:
+        oa, ob = a.opts[name].state_dict()["state"], b.opts[name].state_dict()["state"]
+        assert all(torch.equal(oa[i]["exp_avg_sq"], ob[i]["exp_avg_sq"]) for i in oa)
+    # Restore into an existing learner too.
+    c = Learner(cfg, A, pretrained=pretrained)
+    c.restore(tmp_path / "learner.pt")
+    assert c.update(batches[2], agent_step=30)["model_loss"] == ma[0]["model_loss"]
+
+
+def test_checkpoint_loads_without_unpickling(cfg, tmp_path):
+    path = Learner(cfg, A).save(tmp_path / "l.pt")
+    payload = torch.load(path, weights_only=True)  # raises if anything needs unpickling
+    assert payload["format"] == "diswm-learner-v1"
+    torch.save({"format": "something-else"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a diswm-learner"):
+        Learner(cfg, A).restore(tmp_path / "other.pt")
+
+
+def test_weights_roundtrip_and_policy_scope(cfg):
+    a, b = Learner(cfg, A), Learner(load_config(["tiny"], ["train.seed=1"]), A)
+    a.update(make_batch(cfg))
+    version, state = a.get_weights()
+    assert version == 1 and all(v.device.type == "cpu" for v in state.values())
+    b.set_weights(version, state)
+    assert b.version == 1 and all(torch.equal(v, b.state_dict()[k]) for k, v in state.items())
+    _, policy = a.get_weights("policy")
+    assert policy and all(k.startswith(("wm.encoder.", "wm.rssm.", "ac.actor.")) for k in policy)
+    assert not any(k.startswith("wm.decoder.") for k in policy)
+    state["wm.rssm.img_in.bias"].add_(1.0)  # copies: the learner is unaffected
+    assert not torch.equal(a.state_dict()["wm.rssm.img_in.bias"], state["wm.rssm.img_in.bias"])
+
+
+def test_dv2_finetune_loads_pretrained_weights(cfg, pretrained):
+    learner = Learner(load_config(["tiny", "dv2_finetune"]), A, pretrained=pretrained)
+    assert learner.teacher is None
+    wm = learner.wm.state_dict()
+    for key in ("encoder.head.weight", "rssm.gru.linear.weight", "decoder.fc.0.weight"):
+        assert torch.equal(wm[key], pretrained[key]), key
+    assert "rssm.img_in_action.weight" not in pretrained

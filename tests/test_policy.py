@@ -1,0 +1,81 @@
+"""The actors' Policy: weights from the learner, recurrent state per env, eval vs explore."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diswm.agent import Policy
+from diswm.config import load_config
+from diswm.models import RSSM
+from learner import Learner
+
+A, N = 6, 3
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = load_config(["tiny"])
+    learner = Learner(cfg, A)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (5, N, 64, 64, 3), dtype=np.uint8)
+    return cfg, learner, frames
+
+
+def obs(image, first):
+    return {"image": image, "is_first": np.asarray(first, bool)}
+
+
+def test_eval_actions_equal_the_learner_modules(setup):
+    cfg, learner, frames = setup
+    policy = Policy(cfg, A, N, mode="eval")
+    policy.load_weights(*learner.get_weights("policy"))
+    assert policy.version == learner.version
+    wm, actor = learner.wm, learner.ac.actor
+    state, prev = wm.rssm.initial(N), torch.zeros(N, A)
+    with torch.no_grad():
+        for t in range(len(frames)):
+            first = np.full(N, t == 0)
+            got = policy(obs(frames[t], first))
+            _, _, z = wm.encoder(torch.as_tensor(frames[t]), sample=False)
+            state, _ = wm.rssm.obs_step(state, prev, z, torch.as_tensor(first), sample=False)
+            prev = actor(RSSM.feat(state)).mode()
+            np.testing.assert_allclose(got, prev.numpy(), rtol=1e-5, atol=1e-6)
+            assert got.shape == (N, A) and got.dtype == np.float32
+
+
+def test_is_first_resets_only_that_env(setup):
+    cfg, learner, frames = setup
+    policy = Policy(cfg, A, N, mode="eval")
+    policy.load_weights(*learner.get_weights())  # the full state dict works too
+    for t in range(3):
+        policy(obs(frames[t], np.full(N, t == 0)))
+    after = policy(obs(frames[3], [True, False, False]))
+    fresh = Policy(cfg, A, N, mode="eval")
+    fresh.load_weights(*learner.get_weights("policy"))
+    ref = fresh(obs(frames[3], np.ones(N)))
+    np.testing.assert_allclose(after[0], ref[0], rtol=1e-6)
+    assert not np.allclose(after[1:], ref[1:])  # the others kept their history
+
+
+def test_explore_samples_within_bounds_and_differs_from_eval(setup):
+    cfg, learner, frames = setup
+    explore = Policy(cfg, A, N, mode="explore")
+    explore.load_weights(*learner.get_weights("policy"))
+    torch.manual_seed(0)
+    a1 = explore(obs(frames[0], np.ones(N)))
+    a2 = explore(obs(frames[0], np.ones(N)))
+    assert np.all(np.abs(a1) <= 1) and not np.allclose(a1, a2)
+
+
+def test_load_weights_rejects_missing_keys_and_bad_batches(setup):
+    cfg, learner, frames = setup
+    policy = Policy(cfg, A, N)
+    _, state = learner.get_weights("policy")
+    with pytest.raises(RuntimeError, match="Missing"):
+        policy.load_weights(1, {k: v for k, v in state.items() if not k.startswith("ac.actor.")})
+    with pytest.raises(ValueError, match="expected 3 envs"):
+        policy(obs(frames[0][:2], np.ones(2)))
+    with pytest.raises(ValueError, match="mode"):
+        Policy(cfg, A, N, mode="greedy")
