@@ -180,6 +180,18 @@ class ReplayConfig:
     port: int = field(default=0, metadata=_range(ge=0, le=65535))  # 0: pick a free port
     password: str = ""  # "" generates one into the run folder
     namespace: str = "default"
+    # Samples-per-insert limiter (Reverb's SampleToInsertRatio). The ratio is the train ratio,
+    # train.batch_size / train.train_every sequences per agent step; sampling starts once
+    # train.prefill steps are stored. `tolerance` is the slack in agent steps either side.
+    rate_limit: bool = True
+    tolerance: int = field(default=1000, metadata=_range(ge=1))
+    wait_timeout: float = field(default=120.0, metadata=_range(gt=0.0))  # seconds, then an error
+    selector: str = field(default="uniform", metadata=_choices("uniform", "recency"))
+    prefetch: int = field(default=2, metadata=_range(ge=0))  # batches prepared ahead
+    # "aof": append-only file, fsync per `fsync` (lose <= ~1 s on a crash); "snapshot": RDB at
+    # checkpoints (lose what came after the last one); "none": in memory only.
+    persistence: str = field(default="aof", metadata=_choices("aof", "snapshot", "none"))
+    fsync: str = field(default="everysec", metadata=_choices("everysec", "always", "no"))
 
 
 @dataclass(frozen=True)
@@ -219,12 +231,27 @@ class Config:
             raise ConfigError(
                 f"train.batch_length={self.train.batch_length} exceeds "
                 f"replay.capacity={self.replay.capacity}")
+        if self.replay.capacity < 2 * self.replay.chunk_length:
+            raise ConfigError(
+                f"replay.capacity={self.replay.capacity} must hold at least two chunks "
+                f"(2 x replay.chunk_length={self.replay.chunk_length})")
+        if self.replay.rate_limit and 2 * self.replay.tolerance * self.samples_per_insert < (
+                self.train.batch_size):
+            raise ConfigError(
+                f"replay.tolerance={self.replay.tolerance} agent steps is too small for "
+                f"train.batch_size={self.train.batch_size} at {self.samples_per_insert:g} "
+                "samples per insert; the limiter could stall both sides")
         if self.train.device == "cuda":
             import torch
 
             if not torch.cuda.is_available():
                 raise ConfigError("train.device='cuda' but no CUDA device is visible; use 'auto'")
         return self
+
+    @property
+    def samples_per_insert(self) -> float:
+        """Sampled sequences per inserted agent step: the train ratio the limiter enforces."""
+        return self.train.batch_size / self.train.train_every
 
     # -- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, dict[str, Any]]:

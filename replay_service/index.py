@@ -73,6 +73,9 @@ class SequenceIndex:
             self._dirty = True
         return info
 
+    def info(self, gseq: int) -> ChunkInfo | None:
+        return self._chunks.get(gseq)
+
     def oldest(self) -> ChunkInfo | None:
         return next(iter(self._chunks.values()), None)
 

@@ -1,0 +1,154 @@
+"""A local `redis-server` for the replay: loopback, password, persistence, bounded memory.
+
+    server = RedisServer(run_dir / "redis", persistence="aof").start()
+    ...  # server.port, server.password
+    server.stop()
+
+The password comes from the caller or is generated into ``<dir>/redis.password`` (mode 0600);
+the config file holding it is mode 0600 too, so it never shows on a command line.
+`maxmemory` with `noeviction` is a safety net: the replay's own FIFO keeps the contents within
+its capacity, and Redis refuses writes rather than silently dropping data if that ever fails.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def read_or_create_password(path: Path) -> str:
+    """The password stored at `path`, or a new random one written there (mode 0600)."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    return password
+
+
+class RedisServer:
+    def __init__(self, directory: str | Path, *, host: str = "127.0.0.1", port: int = 0,
+                 password: str = "", persistence: str = "aof", fsync: str = "everysec",
+                 maxmemory_bytes: int = 0, executable: str = "redis-server"):
+        if persistence not in ("aof", "snapshot", "none"):
+            raise ValueError(f"persistence {persistence!r}: choose aof, snapshot or none")
+        self.dir = Path(directory).resolve()
+        self.host = host
+        self.port = port
+        self.password = password or read_or_create_password(self.dir / "redis.password")
+        self.persistence = persistence
+        self.fsync = fsync
+        self.maxmemory = maxmemory_bytes
+        self.executable = shutil.which(executable)
+        if self.executable is None:
+            raise FileNotFoundError(
+                "redis-server not found; `make install` installs Debian's redis-server")
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host=self.host, port=self.port, password=self.password)
+
+    def _write_conf(self) -> Path:
+        lines = [
+            f"bind {self.host}", f"port {self.port}", "protected-mode yes",
+            f"dir {self.dir}", "daemonize no", f"logfile {self.dir / 'redis.log'}",
+            f"requirepass {self.password}",
+            "maxmemory-policy noeviction",
+            f"maxmemory {self.maxmemory}",
+            "dbfilename dump.rdb",
+        ]
+        if self.persistence == "aof":
+            lines += ["appendonly yes", f"appendfsync {self.fsync}", 'save ""']
+        elif self.persistence == "snapshot":
+            lines += ["appendonly no", 'save ""']  # snapshots are taken at checkpoints
+        else:
+            lines += ["appendonly no", 'save ""']
+        conf = self.dir / "redis.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return conf
+
+    def start(self, timeout: float = 20.0) -> RedisServer:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port(self.host)
+        conf = self._write_conf()
+        self._proc = subprocess.Popen([self.executable, str(conf)], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        client = self.client()
+        while True:
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                log = self.dir / "redis.log"
+                tail = log.read_text()[-2000:] if log.exists() else ""
+                raise RuntimeError(f"redis-server exited with {self._proc.returncode}: "
+                                   f"{err.strip()} {tail.strip()}")
+            try:
+                if client.ping():
+                    # Loading an AOF/RDB can take a moment after the port opens.
+                    if int(client.info("persistence").get("loading", 0)) == 0:
+                        return self
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"redis-server did not answer on {self.url} "
+                                   f"within {timeout:.0f}s")
+            time.sleep(0.02)  # polling the port with a deadline
+
+    def snapshot(self) -> None:
+        """A synchronous RDB snapshot (the `snapshot` persistence mode calls it at checkpoints)."""
+        self.client().save()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Graceful shutdown: persists per the mode (AOF fsync or a final snapshot)."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        try:
+            self.client().shutdown(save=self.persistence == "snapshot",
+                                   nosave=self.persistence == "none")
+        except redis.ConnectionError:
+            pass  # the server closes the connection as it exits
+        except redis.ResponseError:
+            self._proc.terminate()
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (tests use it)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> RedisServer:
+        return self.start() if not self.running else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
