@@ -4,6 +4,7 @@
     diswm envs show dmc:cheetah_run --scheme B --frames 16 --out frames.png
     diswm config show --config debug --set train.steps=5000
     diswm bench envs --json bench/envs.json
+    diswm bench learner --json bench/learner.json
 
 Every command that reads settings takes ``--config PRESET [PRESET ...]`` (applied in order over
 ``defaults``) and ``--set section.key=value [...]``; a bad key or value fails at once, naming it.
@@ -96,6 +97,21 @@ def _cmd_bench_envs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_learner(args: argparse.Namespace) -> int:
+    from diswm.bench.learner import bench_learner
+
+    report = bench_learner(presets=args.config, overrides=args.overrides, sizes=args.sizes,
+                           modes=args.modes, updates=args.updates, rounds=args.rounds,
+                           json_path=args.json, progress=lambda msg: print(msg, file=sys.stderr))
+    summary = {size: {k: r[k] for k in ("batch", "seconds_per_update", "speedup_vs_eager",
+                                        "peak_memory_bytes")}
+               for size, r in report["results"].items()}
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------------------
 
 
@@ -135,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="FILE", help="write the report here")
     _add_config_args(p)
     p.set_defaults(func=_cmd_bench_envs)
+    p = bench_sub.add_parser("learner", help="learner updates/s and peak memory: eager vs faster")
+    p.add_argument("--sizes", nargs="+", default=["defaults", "debug"],
+                   choices=("defaults", "debug"), help="model sizes (defaults: batch 50x50)")
+    p.add_argument("--modes", nargs="+", default=["eager", "channels_last"],
+                   choices=("eager", "channels_last", "compile", "amp"),
+                   help="eager is the baseline; amp runs only on CUDA")
+    p.add_argument("--updates", type=int, default=1, help="updates per case per round")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--json", default=None, metavar="FILE", help="write the report here")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_bench_learner)
     return parser
 
 
