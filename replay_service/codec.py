@@ -62,7 +62,7 @@ def encode(arrays: Mapping[str, np.ndarray], codec: str = "lz4") -> bytes:
     """Arrays (any shapes, allowed dtypes) -> one self-describing record."""
     fields, parts = [], []
     for name, array in arrays.items():
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
         if array.dtype.name not in _ALLOWED_DTYPES:
             raise ValueError(f"field {name!r}: dtype {array.dtype} cannot be stored; use one of "
                              + ", ".join(sorted(_ALLOWED_DTYPES)))

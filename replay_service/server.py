@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -65,7 +67,9 @@ class RedisServer:
         return f"redis://{self.host}:{self.port}"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host=self.host, port=self.port, password=self.password)
+        """An administrative client that does not retry (shutdown and polling must not wait)."""
+        return redis.Redis(host=self.host, port=self.port, password=self.password,
+                           retry=Retry(NoBackoff(), 0))
 
     def _write_conf(self) -> Path:
         lines = [
