@@ -4,7 +4,9 @@
     diswm envs show dmc:cheetah_run --scheme B --frames 16 --out frames.png
     diswm config show --config debug --set train.steps=5000
     diswm bench envs --json bench/envs.json
+    diswm bench replay --json bench/replay.json
     diswm bench learner --json bench/learner.json
+    diswm train --config debug --serial [--teacher CKPT] [--resume RUN_DIR]
 
 Every command that reads settings takes ``--config PRESET [PRESET ...]`` (applied in order over
 ``defaults``) and ``--set section.key=value [...]``; a bad key or value fails at once, naming it.
@@ -80,6 +82,37 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- train --------------------------------------------------------------------------------------
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from diswm.config import replace
+
+    if not args.serial:
+        raise ConfigError("only the serial runner is available here: add --serial")
+    from learner.serial import SerialRunner
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg = Config.load(run_dir / "config.yaml")
+    else:
+        cfg = _config(args)
+        if args.teacher:
+            cfg = replace(cfg, distill={"teacher": args.teacher})
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(args.run_dir or Path(cfg.runtime.run_dir) /
+                       f"{stamp}-{cfg.env.task.replace(':', '_')}")
+    print(f"run folder: {run_dir}", file=sys.stderr)
+    summary = SerialRunner(cfg, run_dir, resume=bool(args.resume),
+                           progress=lambda msg: print(msg, file=sys.stderr)).run()
+    print(json.dumps({k: summary[k] for k in ("task", "updates", "final_return",
+                                              "wall_seconds")}, indent=2))
+    return 0
+
+
 # -- bench --------------------------------------------------------------------------------------
 
 
@@ -92,6 +125,21 @@ def _cmd_bench_envs(args: argparse.Namespace) -> int:
     summary = {k: report[k] for k in ("task", "env_steps_per_s", "fast_render_speedup",
                                       "no_shadows_speedup", "physics_only_vs_full_render")}
     print(json.dumps(summary, indent=2))
+    if args.json:
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _cmd_bench_replay(args: argparse.Namespace) -> int:
+    from diswm.bench.replay import bench_replay
+
+    cfg = _config(args)
+    report = bench_replay(cfg, steps=args.steps, batches=args.batches, rounds=args.rounds,
+                          json_path=args.json, progress=lambda msg: print(msg, file=sys.stderr))
+    keys = ("compression", "insert_steps_per_s", "sample_batches_per_s", "sample_mb_per_s",
+            "sample_batch_seconds", "prefetch_wait_seconds_median", "compression_ratio",
+            "insert_ratio_vs_inprocess", "sample_ratio_vs_inprocess")
+    print(json.dumps({k: report[k] for k in keys}, indent=2))
     if args.json:
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
@@ -143,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=_cmd_config_show)
 
+    p = sub.add_parser("train", help="online DisWM training (serial runner: --serial)")
+    p.add_argument("--serial", action="store_true",
+                   help="env, replay, learner and evaluation in one process (CPU friendly)")
+    p.add_argument("--teacher", default=None, metavar="CKPT",
+                   help="pretrained teacher checkpoint (sets distill.teacher)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run folder")
+    p.add_argument("--run-dir", default=None, help="run folder (default: runtime.run_dir/STAMP-TASK)")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_train)
+
     bench = sub.add_parser("bench", help="benchmarks (JSON with a same-run baseline)")
     bench_sub = bench.add_subparsers(dest="bench_name", required=True, metavar="NAME")
     p = bench_sub.add_parser("envs", help="env steps/s: default scene vs fast scene vs physics")
@@ -151,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="FILE", help="write the report here")
     _add_config_args(p)
     p.set_defaults(func=_cmd_bench_envs)
+    p = bench_sub.add_parser("replay", help="Redis replay vs in-process buffer: insert/sample")
+    p.add_argument("--steps", type=int, default=6000, help="steps inserted into each store")
+    p.add_argument("--batches", type=int, default=6, help="batches sampled per case per round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--json", default=None, metavar="FILE", help="write the report here")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_bench_replay)
     p = bench_sub.add_parser("learner", help="learner updates/s and peak memory: eager vs faster")
     p.add_argument("--sizes", nargs="+", default=["defaults", "debug"],
                    choices=("defaults", "debug"), help="model sizes (defaults: batch 50x50)")

@@ -154,7 +154,7 @@ class TrainConfig:
     checkpoint_every: int = field(default=50_000, metadata=_range(gt=0))  # env steps
     device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
     amp: bool = False  # bf16 autocast on GPU
-    compile: bool = False  # torch.compile the conv encoder/decoder and the MLP heads
+    compile: bool = False  # torch.compile the conv encoder/decoder stacks
     channels_last: bool = False  # channels-last memory format in the conv stacks
 
 

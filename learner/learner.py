@@ -77,8 +77,9 @@ class Learner:
                     m.channels_last = True
                     m.to(memory_format=torch.channels_last)
         if cfg.train.compile:
-            for m in (self.wm.encoder.convs, self.wm.decoder.deconvs, self.wm.reward,
-                      self.ac.actor.net, self.ac.critic, self.ac.slow_critic):
+            # The conv stacks dominate; compiling the MLP heads too hits dynamo's recompile
+            # limit (one code object shared by every MLP, called with and without grad).
+            for m in (self.wm.encoder.convs, self.wm.decoder.deconvs):
                 m.compile(dynamic=False)
         o = cfg.optim
         self.opts = {

@@ -5,7 +5,7 @@ about 14 s per such update on this 2-core machine) and the `debug` preset, each 
 
     eager          plain PyTorch (the baseline every ratio divides by)
     channels_last  channels-last memory format in the conv encoder/decoder
-    compile        torch.compile of the conv stacks and MLP heads (+ channels_last); the first
+    compile        torch.compile of the conv encoder/decoder stacks (+ channels_last); the first
                    update's compile time is reported apart
     amp            bf16 autocast (only where CUDA is present)
 

@@ -1,0 +1,220 @@
+"""The serial runner: env, in-process replay, learner, periodic evaluation, all in one process.
+
+    diswm train --config debug --serial [--teacher CKPT] [--resume RUN_DIR]
+
+It builds the same components as the distributed job (Policy, SequenceBuffer, Learner) and
+drives them in one loop, so a CPU run, a test and a debugging session need no Ray or Redis.
+Run folder::
+
+    config.yaml          the resolved config (Config.load reads it back)
+    checkpoints/latest.pt learner checkpoint (weights_only-loadable) + the loop's counters
+    train.csv            one row per `log_every` updates (losses, eta, update time, fps)
+    eval.csv             one row per evaluation (mean/min/max return, scheme)
+    metrics.json         summary: evaluations, counters, wall time
+    curve.png            evaluation return vs env steps (scheme switch marked)
+
+Each stored step follows DreamerV2: the env observation plus ``action`` = the action that led to
+it (zeros on ``is_first``) plus ``policy_version``. Resume restores the learner exactly (weights,
+optimizers, counters, eta position, scheme, RNG); the replay is not checkpointed, so a resumed
+run refills it with `prefill` steps of the restored policy before training again.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diswm.agent import Policy
+from diswm.config import Config
+from diswm.envs import make_env
+from learner.learner import Learner
+from replay_service.buffer import SequenceBuffer
+
+CHECKPOINT = Path("checkpoints") / "latest.pt"
+
+
+def _append_csv(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def evaluate(cfg: Config, learner: Learner, episodes: int, scheme: str, seed: int) -> list[float]:
+    """Returns of `episodes` episodes with the eval-mode policy (mode of the actor)."""
+    policy = Policy(cfg, learner.action_dim, 1, mode="eval")
+    policy.load_weights(*learner.get_weights("policy"))
+    returns = []
+    with make_env(cfg.env, cfg.distraction, seed=seed) as env:
+        if cfg.distraction.enabled:
+            env.set_scheme(scheme)
+        for _ in range(episodes):
+            obs, total = env.reset(), 0.0
+            while not obs["is_last"]:
+                action = policy({"image": obs["image"][None], "is_first": [obs["is_first"]]})[0]
+                obs = env.step(action)
+                total += float(obs["reward"])
+            returns.append(total)
+    return returns
+
+
+def plot_curve(evals: list[dict], path: Path, title: str, switch_at: float | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    xs = [e["env_steps"] for e in evals]
+    ax.plot(xs, [e["return_mean"] for e in evals], marker="o", label="eval return")
+    ax.fill_between(xs, [e["return_min"] for e in evals], [e["return_max"] for e in evals],
+                    alpha=0.2)
+    if switch_at is not None:
+        ax.axvline(switch_at, color="grey", ls="--", label="scheme switch")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("episode return")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+class SerialRunner:
+    def __init__(self, cfg: Config, run_dir: str | Path, *, resume: bool = False,
+                 progress: Callable[[str], None] = print, log_every: int = 10):
+        self.cfg, self.run_dir, self.progress, self.log_every = cfg, Path(run_dir), progress, log_every
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.env = make_env(cfg.env, cfg.distraction, seed=cfg.train.seed)
+        self.action_dim = int(self.env.act_space.shape[0])
+        ckpt = self.run_dir / CHECKPOINT
+        self.counters = {"env_steps": 0, "agent_steps": 0, "episodes": 0, "next_eval": 0,
+                         "next_ckpt": cfg.train.checkpoint_every, "switched": 0}
+        self.evals: list[dict] = []
+        if resume:
+            self.learner, extra = Learner.from_checkpoint(ckpt)
+            self.counters.update({k: int(v) for k, v in extra["counters"].items()})
+            self.evals = json.loads((self.run_dir / "metrics.json").read_text())["evaluations"]
+        else:
+            cfg.save(self.run_dir / "config.yaml")
+            self.learner = Learner(cfg, self.action_dim)
+        self.replay = SequenceBuffer(cfg.replay.capacity, seed=cfg.train.seed,
+                                     chunk_length=cfg.replay.chunk_length)
+        self.policy = Policy(cfg, self.action_dim, 1, mode="explore")
+        self.policy.load_weights(*self.learner.get_weights("policy"))
+        self.rng = np.random.default_rng([cfg.train.seed, self.counters["agent_steps"]])
+        self.prefill_until = self.counters["agent_steps"] + cfg.train.prefill
+        if self.counters["switched"] and cfg.distraction.enabled:
+            self.env.set_scheme(cfg.distraction.switch_to)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _store(self, obs: dict, action: np.ndarray) -> None:
+        self.replay.add("serial/env0", {**obs, "action": action.astype(np.float32),
+                                        "policy_version": np.int64(self.policy.version)})
+
+    def _train(self, n: int) -> dict[str, float]:
+        cfg, metrics = self.cfg.train, {}
+        for _ in range(n):
+            batch = self.replay.sample(cfg.batch_size, cfg.batch_length)
+            metrics = self.learner.update(batch, agent_step=self.counters["agent_steps"])
+            if self.learner.updates % self.log_every == 0:
+                _append_csv(self.run_dir / "train.csv", {
+                    "env_steps": self.counters["env_steps"], "agent_steps":
+                    self.counters["agent_steps"], **{k: round(v, 6) for k, v in metrics.items()}})
+        self.policy.load_weights(*self.learner.get_weights("policy"))
+        return metrics
+
+    def run(self, stop_at: int | None = None) -> dict[str, Any]:
+        """Train until `train.steps` env steps (or `stop_at`, which leaves a resumable run)."""
+        cfg, c = self.cfg, self.counters
+        end = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
+        start, last_log = time.perf_counter(), time.perf_counter()
+        trained_initial = False
+        obs = self.env.reset()
+        self._store(obs, np.zeros(self.action_dim, np.float32))
+        metrics: dict[str, float] = {}
+        while c["env_steps"] < end:
+            if cfg.distraction.enabled and not c["switched"] and \
+                    c["env_steps"] >= cfg.distraction.switch_at * cfg.train.steps:
+                self.env.set_scheme(cfg.distraction.switch_to)
+                self.learner.scheme, c["switched"] = cfg.distraction.switch_to, 1
+                self.progress(f"env step {c['env_steps']}: colour scheme -> "
+                              f"{cfg.distraction.switch_to}")
+            if c["agent_steps"] < self.prefill_until:
+                action = self.rng.uniform(-1, 1, self.action_dim).astype(np.float32)
+            else:
+                action = self.policy({"image": obs["image"][None], "is_first": [obs["is_first"]]})[0]
+            before = self.env.episode_env_steps
+            obs = self.env.step(action)
+            c["env_steps"] += self.env.episode_env_steps - before
+            c["agent_steps"] += 1
+            self._store(obs, action)
+            if obs["is_last"]:
+                c["episodes"] += 1
+                obs = self.env.reset()
+                self._store(obs, np.zeros(self.action_dim, np.float32))
+            if c["agent_steps"] >= self.prefill_until and len(self.replay) >= cfg.train.batch_length:
+                if not trained_initial:
+                    metrics = self._train(cfg.train.pretrain_updates)
+                    trained_initial = True
+                elif c["agent_steps"] % cfg.train.train_every == 0:
+                    metrics = self._train(1)
+            if c["env_steps"] >= c["next_eval"]:
+                self._evaluate()
+            if c["env_steps"] >= c["next_ckpt"]:
+                self._checkpoint()
+            if time.perf_counter() - last_log > 10 and metrics:
+                last_log = time.perf_counter()
+                self.progress(f"env step {c['env_steps']}/{cfg.train.steps}  updates "
+                              f"{self.learner.updates}  model loss {metrics['model_loss']:.1f}  "
+                              f"eta {metrics['eta']:.3f}  {c['env_steps'] / (last_log - start):.0f}"
+                              " env steps/s")
+        if end == cfg.train.steps:
+            self._evaluate()
+        self._checkpoint()
+        self.env.close()
+        summary = self._write_summary(time.perf_counter() - start)
+        return summary
+
+    def _evaluate(self) -> None:
+        cfg, c = self.cfg, self.counters
+        c["next_eval"] = c["env_steps"] + cfg.train.eval_every
+        if cfg.train.eval_episodes == 0:
+            return
+        scheme = self.learner.scheme
+        returns = evaluate(cfg, self.learner, cfg.train.eval_episodes, scheme,
+                           seed=cfg.train.seed + 10_000 + len(self.evals))
+        row = {"env_steps": c["env_steps"], "updates": self.learner.updates, "scheme": scheme,
+               "return_mean": float(np.mean(returns)), "return_min": float(np.min(returns)),
+               "return_max": float(np.max(returns)), "episodes": len(returns)}
+        self.evals.append(row)
+        _append_csv(self.run_dir / "eval.csv", row)
+        self.progress(f"eval at env step {c['env_steps']}: return {row['return_mean']:.1f} "
+                      f"(scheme {scheme}, {self.learner.updates} updates)")
+        self._write_summary(None)
+
+    def _checkpoint(self) -> None:
+        c = self.counters
+        c["next_ckpt"] = c["env_steps"] + self.cfg.train.checkpoint_every
+        self.learner.save(self.run_dir / CHECKPOINT, extra={"counters": dict(c)})
+
+    def _write_summary(self, wall: float | None) -> dict[str, Any]:
+        cfg = self.cfg
+        summary = {"task": cfg.env.task, "counters": dict(self.counters),
+                   "updates": self.learner.updates, "evaluations": self.evals,
+                   "final_return": self.evals[-1]["return_mean"] if self.evals else None,
+                   "wall_seconds": wall, "teacher": bool(self.learner.teacher is not None)}
+        (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.evals:
+            switch = (cfg.distraction.switch_at * cfg.train.steps
+                      if cfg.distraction.enabled and cfg.distraction.switch_at < 1 else None)
+            plot_curve(self.evals, self.run_dir / "curve.png", cfg.env.task, switch)
+        return summary
