@@ -71,3 +71,18 @@ def test_console_script_entry_point():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "env.task: unknown task 'dmc:bad'" in result.stderr
+
+
+def test_bench_replay_writes_ratios(tmp_path):
+    out = tmp_path / "replay.json"
+    assert main(["bench", "replay", "--config", "tiny", "--steps", "240", "--batches", "2",
+                 "--rounds", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    insert, sample = report["insert_steps_per_s"], report["sample_batches_per_s"]
+    assert set(insert) == set(sample) == {"inprocess", "redis_lz4", "redis_zstd", "redis_none"}
+    assert report["insert_ratio_vs_inprocess"] == pytest.approx(
+        insert["redis_lz4"]["median"] / insert["inprocess"]["median"])
+    assert report["sample_ratio_vs_inprocess"] == pytest.approx(
+        sample["redis_lz4"]["median"] / sample["inprocess"]["median"])
+    assert report["compression_ratio"]["lz4"] > 1.0
+    assert report["compression_ratio"]["none"] == pytest.approx(1.0, abs=0.01)
