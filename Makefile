@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 export MUJOCO_GL ?= egl
 
-.PHONY: help install redis test test-all lint format bench bench-envs clean
+.PHONY: help install redis test test-all lint format bench bench-envs bench-replay clean
 
 help:
 	@echo "make test | test-all | bench | lint | format | clean"
@@ -45,10 +45,13 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix diswm learner actors replay_service pretrain tests
 	$(VENV)/bin/ruff format diswm learner actors replay_service pretrain tests
 
-bench: bench-envs
+bench: bench-envs bench-replay
 
 bench-envs: install
 	$(VENV)/bin/diswm bench envs --json bench/envs.json
+
+bench-replay: install
+	$(VENV)/bin/diswm bench replay --json bench/replay.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
