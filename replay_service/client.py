@@ -14,7 +14,7 @@ the other grants a sample (minimum size and rate limiter). Redis keys, for names
 
     diswm:NS:meta     hash: inserts, samples, size_steps, size_bytes, raw_bytes, gseq, evicted
     diswm:NS:log      stream: one entry per stored chunk (id = gseq): stream, index, length, bytes
-    diswm:NS:chunk:G  the chunk record (replay_service.codec), G = global insertion number
+    diswm:NS:chunk:G  the chunk record (diswm.records), G = global insertion number
     diswm:NS:schema   the step schema every writer must match (JSON)
 
 Chunks are immutable, so a sampler caches decoded chunks and rebuilds its index from the log
@@ -39,8 +39,8 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from diswm import metrics
+from diswm.records import CorruptRecord, decode, encode
 from replay_service.chunks import Chunk, ChunkBuilder, Schema, describe_schema_change
-from replay_service.codec import CorruptRecord, decode, encode
 from replay_service.index import SELECTORS, ChunkInfo, SequenceIndex, assemble
 
 log = logging.getLogger(__name__)

@@ -13,10 +13,10 @@ from prometheus_client import REGISTRY
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from diswm.records import CorruptRecord, decode, encode
 from replay_service.buffer import SequenceBuffer
 from replay_service.chunks import ChunkBuilder
 from replay_service.client import ReplaySampler, ReplaySpec, ReplayTimeout, ReplayWriter, read_meta
-from replay_service.codec import CorruptRecord, decode, encode
 from replay_service.server import RedisServer
 
 # -- a reference stream of steps ------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Chunk records as bytes: a JSON header with each array's dtype and shape, then one compressed
-payload. No pickle anywhere; a record that fails any check raises `CorruptRecord`.
+"""Self-describing records of numpy arrays (replay chunks, pretraining shards) as bytes: a JSON
+header with each array's dtype and shape, then one compressed payload. No pickle anywhere; a
+record that fails any check raises `CorruptRecord`.
 
 Layout::
 
