@@ -169,6 +169,12 @@ class PretrainConfig:
     batch_length: int = field(default=50, metadata=_range(ge=2))
     lr: float = field(default=3e-4, metadata=_range(gt=0.0))
     beta: float = field(default=0.015, metadata=_range(ge=0.0))  # beta_2
+    seed: int = 0  # base seed: shard i of a collection uses a seed derived from (seed, i)
+    episodes_per_shard: int = field(default=4, metadata=_range(ge=1))
+    workers: int = field(default=2, metadata=_range(ge=0))  # Ray collection workers; 0 in-process
+    compression: str = field(default="lz4", metadata=_choices("lz4", "zstd", "none"))  # shards
+    checkpoint_every: int = field(default=1000, metadata=_range(gt=0))  # updates
+    log_every: int = field(default=50, metadata=_range(gt=0))  # updates between progress lines
 
 
 @dataclass(frozen=True)
