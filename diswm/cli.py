@@ -7,6 +7,9 @@
     diswm bench replay --json bench/replay.json
     diswm bench learner --json bench/learner.json
     diswm train --config debug --serial [--teacher CKPT] [--resume RUN_DIR]
+    diswm pretrain collect --task dmc:cheetah_run --frames 10000 --out data/cheetah [--workers 2]
+    diswm pretrain train --data data/cheetah --out runs/pretrain [--resume RUN_DIR]
+    diswm pretrain inspect runs/pretrain/teacher.pt --data data/cheetah --out runs/pretrain/inspect
 
 Every command that reads settings takes ``--config PRESET [PRESET ...]`` (applied in order over
 ``defaults``) and ``--set section.key=value [...]``; a bad key or value fails at once, naming it.
@@ -200,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=None, help="run folder (default: runtime.run_dir/STAMP-TASK)")
     _add_config_args(p)
     p.set_defaults(func=_cmd_train)
+
+    from pretrain.cli import add_pretrain_parser
+
+    add_pretrain_parser(sub, _add_config_args)
 
     bench = sub.add_parser("bench", help="benchmarks (JSON with a same-run baseline)")
     bench_sub = bench.add_subparsers(dest="bench_name", required=True, metavar="NAME")

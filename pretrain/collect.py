@@ -157,8 +157,9 @@ def collect(cfg: Config, out: str | Path, *, task: str | None = None, frames: in
     done = {e["index"]: e for e in manifest["shards"]}
     eps, fpe = cfg.pretrain.episodes_per_shard, info["frames_per_episode"]
     planned = plan_shards(0, frames, fpe, eps, cfg.pretrain.seed)
-    start, new_frames = time.perf_counter(), 0
+    setup_start = time.perf_counter()
     runner = _RayRunner(workers) if workers > 0 else None
+    start, new_frames = time.perf_counter(), 0
     try:
         while True:
             todo = [s for s in planned if s.index not in done]
@@ -190,7 +191,8 @@ def collect(cfg: Config, out: str | Path, *, task: str | None = None, frames: in
     return {"out": str(folder), "task": task, "scheme": header["scheme"],
             "frames": manifest["frames"], "episodes": manifest["episodes"],
             "shards": len(manifest["shards"]), "new_frames": new_frames, "workers": workers,
-            "seconds": seconds, "frames_per_second": new_frames / seconds if seconds else 0.0}
+            "seconds": seconds, "frames_per_second": new_frames / seconds if seconds else 0.0,
+            "setup_seconds": start - setup_start}  # Ray start-up, not in frames_per_second
 
 
 class _RayRunner:
