@@ -41,3 +41,51 @@ REPLAY_CORRUPT_RECORDS = Counter(
 REPLAY_REJECTED_STEPS = Counter(
     "diswm_replay_rejected_steps_total", "Steps refused at insert for a bad field or schema",
     ["namespace"])
+
+# -- actors (label `actor`: the actor index, bounded by the cluster size) ------------------------
+_RETURN_BUCKETS = (-200, -100, -50, -25, 0, 10, 25, 50, 100, 200, 300, 400, 500, 600, 700, 800,
+                   900, 1000)
+ACTOR_ENV_STEPS = Counter(
+    "diswm_actor_env_steps_total", "Env (control) steps taken by an actor", ["actor"])
+ACTOR_AGENT_STEPS = Counter(
+    "diswm_actor_agent_steps_total", "Agent steps (policy decisions) taken by an actor", ["actor"])
+ACTOR_EPISODES = Counter(
+    "diswm_actor_episodes_total", "Episodes finished by an actor", ["actor"])
+ACTOR_EPISODE_RETURN = Histogram(
+    "diswm_actor_episode_return", "Return of the episodes an actor finished", ["actor"],
+    buckets=_RETURN_BUCKETS)
+ACTOR_LAST_RETURN = Gauge(
+    "diswm_actor_last_episode_return", "Return of the actor's latest episode", ["actor"])
+ACTOR_POLICY_VERSION = Gauge(
+    "diswm_actor_policy_version", "Policy version the actor acts with", ["actor"])
+ACTOR_POLICY_LAG = Gauge(
+    "diswm_actor_policy_lag", "Published policy version minus the one the actor acts with",
+    ["actor"])
+ACTOR_WEIGHT_FETCH = Histogram(
+    "diswm_actor_weight_fetch_seconds", "Time to fetch and load new policy weights", ["actor"],
+    buckets=_FETCH_BUCKETS)
+ACTOR_RESTARTS = Counter(
+    "diswm_actor_restarts_total", "Times Ray restarted this actor after it died", ["actor"])
+ACTOR_STEP_DURATION = Histogram(
+    "diswm_actor_step_duration_seconds", "Time of one batched step over the actor's envs",
+    ["actor"], buckets=_FETCH_BUCKETS)
+
+# -- learner (label `namespace`: one per run) -----------------------------------------------------
+LEARNER_UPDATES = Counter(
+    "diswm_learner_updates_total", "Gradient updates of the learner", ["namespace"])
+LEARNER_UPDATE_DURATION = Histogram(
+    "diswm_learner_update_duration_seconds", "Time of one learner update", ["namespace"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+LEARNER_POLICY_VERSION = Gauge(
+    "diswm_learner_policy_version", "Latest policy version the learner published", ["namespace"])
+LEARNER_POLICY_LAG = Histogram(
+    "diswm_learner_policy_lag", "Learner version minus the version that generated trained data",
+    ["namespace"], buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+LEARNER_BROADCAST = Histogram(
+    "diswm_learner_weight_broadcast_seconds", "Time to publish a new policy version",
+    ["namespace"], buckets=_FETCH_BUCKETS)
+LEARNER_ENV_STEPS = Gauge(
+    "diswm_learner_env_steps", "Env steps of the whole run, as the learner sees them",
+    ["namespace"])
+LEARNER_EVAL_RETURN = Gauge(
+    "diswm_learner_eval_return", "Mean return of the latest evaluation", ["namespace"])

@@ -39,7 +39,7 @@ from replay_service.buffer import SequenceBuffer
 CHECKPOINT = Path("checkpoints") / "latest.pt"
 
 
-def _append_csv(path: Path, row: dict[str, Any]) -> None:
+def append_csv(path: Path, row: dict[str, Any]) -> None:
     new = not path.exists()
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(row))
@@ -126,7 +126,7 @@ class SerialRunner:
             batch = self.replay.sample(cfg.batch_size, cfg.batch_length)
             metrics = self.learner.update(batch, agent_step=self.counters["agent_steps"])
             if self.learner.updates % self.log_every == 0:
-                _append_csv(self.run_dir / "train.csv", {
+                append_csv(self.run_dir / "train.csv", {
                     "env_steps": self.counters["env_steps"], "agent_steps":
                     self.counters["agent_steps"], **{k: round(v, 6) for k, v in metrics.items()}})
         self.policy.load_weights(*self.learner.get_weights("policy"))
@@ -196,7 +196,7 @@ class SerialRunner:
                "return_mean": float(np.mean(returns)), "return_min": float(np.min(returns)),
                "return_max": float(np.max(returns)), "episodes": len(returns)}
         self.evals.append(row)
-        _append_csv(self.run_dir / "eval.csv", row)
+        append_csv(self.run_dir / "eval.csv", row)
         self.progress(f"eval at env step {c['env_steps']}: return {row['return_mean']:.1f} "
                       f"(scheme {scheme}, {self.learner.updates} updates)")
         self._write_summary(None)

@@ -35,10 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
-from diswm import metrics
+from diswm import metrics, rediskit
 from diswm.records import CorruptRecord, decode, encode
 from replay_service.chunks import Chunk, ChunkBuilder, Schema, describe_schema_change
 from replay_service.index import SELECTORS, ChunkInfo, SequenceIndex, assemble
@@ -89,26 +87,9 @@ class ReplaySpec:
         return offset - slack, offset + slack
 
 
-class _RetryOutages(Retry):
-    """Retries through outages (a Redis restart) but fails at once on a wrong password
-    (redis-py's AuthenticationError is a ConnectionError, which it would otherwise retry)."""
-
-    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
-        def retryable(err: Exception) -> bool:
-            if isinstance(err, redis.AuthenticationError):
-                return False
-            return is_retryable(err) if is_retryable else True
-
-        return super().call_with_retry(do, fail, retryable, with_failure_count)
-
-
 def connect(spec: ReplaySpec) -> redis.Redis:
-    """A client that retries through short outages (e.g. a Redis restart, ~15 s)."""
-    return redis.Redis(host=spec.host, port=spec.port, password=spec.password or None,
-                       socket_timeout=60, socket_connect_timeout=5,
-                       retry=_RetryOutages(ExponentialBackoff(cap=1.0, base=0.05), 20),
-                       retry_on_error=[redis.ConnectionError, redis.TimeoutError,
-                                       redis.BusyLoadingError])
+    """A client that retries through short outages (e.g. a Redis restart)."""
+    return rediskit.connect(spec.host, spec.port, spec.password)
 
 
 _INSERT_LUA = """
@@ -312,42 +293,16 @@ class ReplaySampler:
     def prefetch(self, batch_size: int, length: int, depth: int = 2
                  ) -> Iterator[Iterator[dict[str, np.ndarray]]]:
         """A background thread keeps `depth` batches ready; errors surface on `next()`."""
-        if depth < 1:
-            yield iter(lambda: self.sample(batch_size, length), None)
-            return
-        ready: queue.Queue = queue.Queue(maxsize=depth)
-        stop = threading.Event()
-
-        def work() -> None:
-            while not stop.is_set():
-                try:
-                    item = self.sample(batch_size, length)
-                except Exception as err:  # noqa: BLE001 - handed to the consumer
-                    item = err
-                while not stop.is_set():
-                    try:
-                        ready.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if isinstance(item, Exception):
-                    return
-
-        thread = threading.Thread(target=work, name="replay-prefetch", daemon=True)
-        thread.start()
+        prefetcher = Prefetcher(self, batch_size, length, depth)
 
         def batches() -> Iterator[dict[str, np.ndarray]]:
             while True:
-                item = ready.get()
-                if isinstance(item, Exception):
-                    raise item
-                yield item
+                yield prefetcher.get()
 
         try:
             yield batches()
         finally:
-            stop.set()
-            thread.join(timeout=self.spec.wait_timeout + 5)
+            prefetcher.close()
 
     def stats(self) -> dict[str, float]:
         """What an operator wants to know (cf. Reverb's TableInfo)."""
@@ -463,3 +418,63 @@ class ReplaySampler:
         expected = info.length if info else -1
         if lengths != {expected}:
             raise CorruptRecord(f"field lengths {sorted(lengths)} != logged length {expected}")
+
+
+class Prefetcher:
+    """Samples in a background thread so batches are ready when the learner asks.
+
+    `get(timeout)` returns the next batch, or None if none came within `timeout` (the learner can
+    then check its stop flag); an error in the thread (e.g. `ReplayTimeout` after the spec's
+    `wait_timeout`, unless `patient`) is raised by `get`. `close()` stops the thread within about
+    `poll` seconds.
+    """
+
+    def __init__(self, sampler: ReplaySampler, batch_size: int, length: int, depth: int = 2,
+                 *, patient: bool = False, poll: float = 0.5):
+        self._sampler, self._shape = sampler, (batch_size, length)
+        self._ready: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+        self._stop = threading.Event()
+        self._patient, self._poll = patient, poll
+        self._thread = threading.Thread(target=self._work, name="replay-prefetch", daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> dict[str, np.ndarray] | None:
+        waited = 0.0
+        while not self._stop.is_set():
+            try:
+                return self._sampler.sample(*self._shape, timeout=self._poll)
+            except ReplayTimeout:
+                waited += self._poll
+                if not self._patient and waited >= self._sampler.spec.wait_timeout:
+                    raise
+        return None
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item: object = self._sample()
+            except Exception as err:  # noqa: BLE001 - handed to the consumer
+                item = err
+            if item is None:
+                return
+            while not self._stop.is_set():
+                try:
+                    self._ready.put(item, timeout=self._poll)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, Exception):
+                return
+
+    def get(self, timeout: float | None = None) -> dict[str, np.ndarray] | None:
+        try:
+            item = self._ready.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self._poll * 4 + 5)

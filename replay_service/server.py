@@ -97,13 +97,16 @@ class RedisServer:
         if not self.port:
             self.port = free_port(self.host)
         conf = self._write_conf()
-        self._proc = subprocess.Popen([self.executable, str(conf)], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, start_new_session=True)
+        # Output to a file, not a pipe: the server may outlive this process (`cluster up`).
+        with (self.dir / "redis.stderr").open("wb") as err_file:
+            self._proc = subprocess.Popen([self.executable, str(conf)],
+                                          stdout=subprocess.DEVNULL, stderr=err_file,
+                                          start_new_session=True)
         deadline = time.monotonic() + timeout
         client = self.client()
         while True:
             if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                err = (self.dir / "redis.stderr").read_text(errors="replace")
                 log = self.dir / "redis.log"
                 tail = log.read_text()[-2000:] if log.exists() else ""
                 raise RuntimeError(f"redis-server exited with {self._proc.returncode}: "

@@ -11,6 +11,9 @@ The loop it lives in (dreamerv3's embodied style, flags inside the observation):
 Observation keys (see `obs_space`): ``image`` (H, W, 3) uint8, ``reward`` float32, ``is_first``,
 ``is_last``, ``is_terminal`` bool, and the ground-truth factors ``colours`` (3 per colour group,
 float32) and ``state`` (physical state: qpos, qvel, ... float32).
+
+An env renders through its own GL context, which (with EGL) is current in one thread only: build,
+step and close an env in the same thread.
 """
 
 from __future__ import annotations

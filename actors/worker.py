@@ -1,0 +1,143 @@
+"""An actor's logic, without Ray: K distracted envs, one batched policy, a replay writer.
+
+    worker = ActorWorker(cfg, index=3, spec=spec)
+    while not stop.is_set():
+        worker.step()          # one batched policy call, one step of every env, steps -> replay
+    worker.close()             # flushes partial episodes into the replay
+
+Every `sync_every` steps the worker polls the run's control plane: a newer policy version is
+fetched and loaded, and a changed colour scheme is applied to every env at once. Until the run
+has `train.prefill` agent steps the actions are uniform random (DreamerV2's prefill).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from diswm import metrics
+from diswm.agent import Policy
+from diswm.broadcast import RunControl, WeightStore
+from diswm.config import Config
+from diswm.envs import make_env
+from replay_service.client import ReplaySpec, ReplayWriter
+
+
+class ActorWorker:
+    def __init__(self, cfg: Config, index: int, spec: ReplaySpec, *, sync_every: int = 25,
+                 incarnation: str | None = None):
+        self.cfg, self.index = cfg, index
+        self.incarnation = incarnation or uuid.uuid4().hex[:8]
+        k = cfg.runtime.envs_per_actor
+        # Distinct, reproducible seeds per actor and env (a restart gets new ones: new episodes).
+        base = cfg.train.seed * 1_000_003 + index * 1000
+        self.envs = [make_env(cfg.env, cfg.distraction, seed=base + j) for j in range(k)]
+        self.streams = [f"actor{index}/env{j}/{self.incarnation}" for j in range(k)]
+        self.action_dim = int(self.envs[0].act_space.shape[0])
+        self.policy = Policy(cfg, self.action_dim, k, mode="explore")
+        self.writer = ReplayWriter(spec)
+        self.weights = WeightStore(self.writer.client, spec.namespace)
+        self.control = RunControl(self.writer.client, spec.namespace)
+        self.rng = np.random.default_rng([cfg.train.seed, index, int(self.incarnation, 16)])
+        self.sync_every = sync_every
+        self.scheme = cfg.distraction.scheme
+        self.steps = 0
+        self.returns = np.zeros(k)
+        self.env_steps = 0
+        self.episodes = 0
+        self._prefill_done = False
+        label = str(index)
+        self._m = {
+            "env_steps": metrics.ACTOR_ENV_STEPS.labels(label),
+            "agent_steps": metrics.ACTOR_AGENT_STEPS.labels(label),
+            "episodes": metrics.ACTOR_EPISODES.labels(label),
+            "return": metrics.ACTOR_EPISODE_RETURN.labels(label),
+            "last_return": metrics.ACTOR_LAST_RETURN.labels(label),
+            "version": metrics.ACTOR_POLICY_VERSION.labels(label),
+            "lag": metrics.ACTOR_POLICY_LAG.labels(label),
+            "fetch": metrics.ACTOR_WEIGHT_FETCH.labels(label),
+            "step": metrics.ACTOR_STEP_DURATION.labels(label),
+        }
+        self.sync()
+        self.obs = [env.reset() for env in self.envs]
+        self.prev_actions = np.zeros((k, self.action_dim), np.float32)
+        for j, obs in enumerate(self.obs):
+            self._store(j, obs, self.prev_actions[j])
+
+    # -- control plane -----------------------------------------------------------------------
+    def sync(self) -> None:
+        """Pull newer weights and the current colour scheme."""
+        latest = self.weights.version()
+        if latest > self.policy.version:
+            start = time.perf_counter()
+            self.policy.load_weights(*self.weights.fetch())
+            self._m["fetch"].observe(time.perf_counter() - start)
+        self._m["version"].set(self.policy.version)
+        self._m["lag"].set(max(latest - self.policy.version, 0))
+        scheme = self.control.get("scheme", self.scheme)
+        if scheme != self.scheme and self.cfg.distraction.enabled:
+            for env in self.envs:
+                env.set_scheme(scheme)
+            self.scheme = scheme
+        if not self._prefill_done:
+            self._prefill_done = self.control.counters()["agent_steps"] >= self.cfg.train.prefill
+
+    # -- stepping ----------------------------------------------------------------------------
+    def _store(self, j: int, obs: dict, action: np.ndarray) -> None:
+        self.writer.add(self.streams[j], {**obs, "action": action,
+                                          "policy_version": np.int64(self.policy.version)})
+
+    def step(self) -> int:
+        """One batched step of every env; returns the env steps taken."""
+        start = time.perf_counter()
+        if self.steps % self.sync_every == 0:
+            self.sync()
+        k = len(self.envs)
+        if self._prefill_done and self.policy.version >= 0:
+            batch = {"image": np.stack([o["image"] for o in self.obs]),
+                     "is_first": np.array([o["is_first"] for o in self.obs])}
+            actions = self.policy(batch)
+        else:
+            actions = self.rng.uniform(-1, 1, (k, self.action_dim)).astype(np.float32)
+        env_steps = episodes = 0
+        for j, env in enumerate(self.envs):
+            before = env.episode_env_steps
+            obs = env.step(actions[j])
+            env_steps += env.episode_env_steps - before
+            self.returns[j] += float(obs["reward"])
+            self._store(j, obs, actions[j])
+            if obs["is_last"]:
+                episodes += 1
+                self._m["return"].observe(self.returns[j])
+                self._m["last_return"].set(self.returns[j])
+                self.returns[j] = 0.0
+                obs = env.reset()
+                self._store(j, obs, np.zeros(self.action_dim, np.float32))
+            self.obs[j] = obs
+        self.steps += 1
+        self.env_steps += env_steps
+        self.episodes += episodes
+        self.control.add(env_steps=env_steps, agent_steps=k, episodes=episodes)
+        self._m["env_steps"].inc(env_steps)
+        self._m["agent_steps"].inc(k)
+        if episodes:
+            self._m["episodes"].inc(episodes)
+        self._m["step"].observe(time.perf_counter() - start)
+        return env_steps
+
+    def stats(self) -> dict[str, Any]:
+        return {"actor": self.index, "incarnation": self.incarnation, "steps": self.steps,
+                "env_steps": self.env_steps, "episodes": self.episodes,
+                "policy_version": self.policy.version, "scheme": self.scheme,
+                "envs": len(self.envs)}
+
+    def close(self) -> None:
+        """Store partial episodes and release the envs."""
+        try:
+            self.writer.flush()
+        finally:
+            for env in self.envs:
+                env.close()

@@ -1,0 +1,288 @@
+"""Starting, scaling, inspecting and stopping a run's processes on Ray.
+
+    cluster = Cluster.create(cfg, run_dir)       # a local redis-server + ray.init (or an address)
+    cluster.start_learner(action_dim)
+    cluster.scale(4)                             # live: adds or stops named actors
+    cluster.status()
+    cluster.shutdown()                           # actors flush, learner checkpoints
+
+`diswm run` uses it within one driver process; `diswm cluster up|scale|status|down` uses it with
+detached actors on a `ray start --head` cluster, keeping what later commands need in
+``<run_dir>/cluster.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from diswm.config import Config, build_config
+from replay_service.client import ReplaySampler, ReplaySpec, read_meta
+from replay_service.server import RedisServer, read_or_create_password
+
+STATE_FILE = "cluster.json"
+
+
+def action_dim_of(cfg: Config) -> int:
+    from diswm.envs import make_env
+
+    with make_env(cfg.env, cfg.distraction, seed=0) as env:
+        return int(env.act_space.shape[0])
+
+
+def redis_maxmemory(cfg: Config) -> int:
+    """Redis's hard memory cap: the replay's capacity as raw (uncompressed) steps, plus room."""
+    step = cfg.env.size * cfg.env.size * 3 + 4096
+    return int(cfg.replay.capacity * step * 1.2) + (256 << 20)
+
+
+class Cluster:
+    def __init__(self, cfg: Config, run_dir: Path, spec: ReplaySpec, *, detached: bool,
+                 redis: RedisServer | None = None, ray_address: str = ""):
+        self.cfg, self.run_dir, self.spec = cfg, Path(run_dir), spec
+        self.detached, self.redis, self.ray_address = detached, redis, ray_address
+        self.namespace = spec.namespace
+        # Non-detached actors live only while a handle does: keep them here.
+        self.handles: dict[str, Any] = {}
+
+    # -- creation ------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, cfg: Config, run_dir: str | Path, *, detached: bool = False,
+               num_cpus: int | None = None) -> Cluster:
+        """Start (or reach) Redis and Ray for a run whose config is saved in `run_dir`."""
+        import ray
+
+        run_dir = Path(run_dir).resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        redis_server = None
+        if cfg.replay.port:  # an existing Redis (multi-machine): do not start one
+            password = cfg.replay.password or read_or_create_password(run_dir / "redis.password")
+            port = cfg.replay.port
+        else:
+            redis_server = RedisServer(run_dir / "redis", host=cfg.replay.host,
+                                       password=cfg.replay.password,
+                                       persistence=cfg.replay.persistence,
+                                       fsync=cfg.replay.fsync,
+                                       maxmemory_bytes=redis_maxmemory(cfg)).start()
+            password, port = redis_server.password, redis_server.port
+        spec = ReplaySpec.from_config(cfg, port=port, password=password)
+        address = cfg.runtime.ray_address
+        if detached and not address:
+            address = start_ray_head(run_dir, num_cpus or ray_cpus(cfg))
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, namespace=spec.namespace, log_to_driver=False)
+            else:
+                ray.init(num_cpus=num_cpus or ray_cpus(cfg), include_dashboard=False,
+                         namespace=spec.namespace, log_to_driver=False)
+        cluster = cls(cfg, run_dir, spec, detached=detached, redis=redis_server,
+                      ray_address=address)
+        cluster.save_state()
+        return cluster
+
+    @classmethod
+    def attach(cls, run_dir: str | Path) -> Cluster:
+        """Reach a cluster started by `diswm cluster up` from its run folder."""
+        import ray
+
+        run_dir = Path(run_dir).resolve()
+        state_path = run_dir / STATE_FILE
+        if not state_path.exists():
+            raise FileNotFoundError(f"no cluster state at {state_path}; start one with "
+                                    "`make cluster-up` (diswm cluster up)")
+        state = json.loads(state_path.read_text())
+        cfg = build_config(state["config"])
+        spec = ReplaySpec(**state["spec"])
+        if not ray.is_initialized():
+            ray.init(address=state["ray_address"], namespace=spec.namespace, log_to_driver=False)
+        cluster = cls(cfg, run_dir, spec, detached=True, ray_address=state["ray_address"])
+        cluster.redis_pid = state.get("redis_pid")
+        return cluster
+
+    def save_state(self) -> None:
+        spec = asdict(self.spec)
+        spec["password"] = self.spec.password  # the folder is the operator's; file mode 0600
+        state = {"config": self.cfg.to_dict(), "spec": spec, "ray_address": self.ray_address,
+                 "redis_pid": self.redis._proc.pid if self.redis and self.redis._proc else None,
+                 "namespace": self.namespace}
+        path = self.run_dir / STATE_FILE
+        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f, indent=2)
+        os.replace(path.with_suffix(".tmp"), path)
+
+    # -- processes -----------------------------------------------------------------------------
+    def _options(self, name: str) -> dict[str, Any]:
+        opts: dict[str, Any] = {"name": name, "namespace": self.namespace, "max_restarts": -1,
+                                "max_concurrency": 4}
+        if self.detached:
+            opts["lifetime"] = "detached"
+        return opts
+
+    def start_learner(self, action_dim: int):
+        import ray
+
+        from learner.ray_learner import LearnerActor
+
+        gpus = self.cfg.runtime.learner_gpus if _cluster_gpus() > 0 else 0
+        opts = self._options("learner") | {"num_gpus": gpus, "num_cpus": 1}
+        handle = ray.remote(LearnerActor).options(**opts).remote(
+            self.cfg.to_dict(), self.spec, str(self.run_dir), action_dim)
+        ray.get(handle.pid.remote())  # wait until it is up (it publishes weights at start)
+        self.handles["learner"] = handle
+        return handle
+
+    def learner(self):
+        import ray
+
+        return ray.get_actor("learner", namespace=self.namespace)
+
+    def _actor_set(self) -> str:
+        return f"diswm:{self.namespace}:actors"
+
+    def _redis(self):
+        from diswm.rediskit import connect
+
+        return connect(self.spec.host, self.spec.port, self.spec.password)
+
+    def actor_names(self) -> list[str]:
+        """Names of the actors this run started that Ray still knows."""
+        import ray
+
+        names = []
+        for raw in self._redis().smembers(self._actor_set()):
+            name = raw.decode()
+            try:
+                ray.get_actor(name, namespace=self.namespace)
+            except ValueError:
+                continue
+            names.append(name)
+        return sorted(names, key=lambda n: int(n.split("-")[1]))
+
+    def scale(self, n: int, timeout: float = 180.0) -> list[str]:
+        """Make exactly `n` actors run (live): new ones start, surplus ones flush and stop."""
+        import ray
+
+        from actors.ray_actor import EnvActor
+
+        if n < 0:
+            raise ValueError(f"actor count must be >= 0, got {n}")
+        client = self._redis()
+        indices = sorted(int(name.split("-")[1]) for name in self.actor_names())
+        for index in indices[n:]:
+            handle = ray.get_actor(f"actor-{index}", namespace=self.namespace)
+            ray.get(handle.stop.remote(), timeout=timeout)
+            ray.kill(handle, no_restart=True)
+            client.srem(self._actor_set(), f"actor-{index}")
+            self.handles.pop(f"actor-{index}", None)
+        started = []
+        free = [i for i in range(n + len(indices)) if i not in indices]
+        for index in free[:max(n - len(indices), 0)]:
+            opts = self._options(f"actor-{index}") | {"num_cpus": 1}
+            handle = ray.remote(EnvActor).options(**opts).remote(
+                self.cfg.to_dict(), index, self.spec)
+            client.sadd(self._actor_set(), f"actor-{index}")
+            self.handles[f"actor-{index}"] = handle
+            started.append(handle)
+        ray.get([h.pid.remote() for h in started], timeout=timeout)
+        return self.actor_names()
+
+    def status(self) -> dict[str, Any]:
+        import ray
+
+        sampler = ReplaySampler(self.spec)
+        try:
+            replay = sampler.stats()
+        finally:
+            sampler.close()
+        out: dict[str, Any] = {"run_dir": str(self.run_dir), "namespace": self.namespace,
+                               "replay": replay}
+        try:
+            out["learner"] = ray.get(self.learner().stats.remote(), timeout=30)
+        except ValueError:
+            out["learner"] = None
+        actors = []
+        for name in self.actor_names():
+            try:
+                actors.append(ray.get(ray.get_actor(name, namespace=self.namespace)
+                                      .stats.remote(), timeout=30))
+            except Exception as err:  # noqa: BLE001 - report, do not fail the status
+                actors.append({"name": name, "error": str(err)})
+        out["actors"] = actors
+        out["metrics_targets"] = str(self.run_dir / "prometheus" / "targets.json")
+        return out
+
+    def shutdown(self, stop_ray: bool | None = None) -> dict[str, Any] | None:
+        """Stop actors (they flush partial episodes), then the learner (final checkpoint)."""
+        import ray
+
+        summary = None
+        self.scale(0)
+        try:
+            handle = self.learner()
+            summary = ray.get(handle.stop.remote(), timeout=600)
+            ray.kill(handle, no_restart=True)
+            self.handles.pop("learner", None)
+        except ValueError:
+            pass
+        if stop_ray if stop_ray is not None else self.detached:
+            ray.shutdown()
+            subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120,
+                           env=_ray_env())
+        else:
+            ray.shutdown()
+        if self.redis is not None:
+            self.redis.stop()
+        elif getattr(self, "redis_pid", None):
+            _shutdown_redis(self.spec)
+        return summary
+
+    def replay_meta(self) -> dict[str, int]:
+        sampler = ReplaySampler(self.spec)
+        try:
+            return read_meta(sampler.client, self.spec)
+        finally:
+            sampler.close()
+
+
+def ray_cpus(cfg: Config) -> int:
+    """Logical CPUs for Ray's scheduler: one per actor and the learner, at least the machine's."""
+    return max(os.cpu_count() or 1, cfg.runtime.actors + 2)
+
+
+def _ray_env() -> dict[str, str]:
+    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def start_ray_head(run_dir: Path, num_cpus: int) -> str:
+    """`ray start --head` on loopback; returns the cluster address."""
+    from replay_service.server import free_port
+
+    port = free_port()
+    cmd = ["ray", "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}",
+           "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=_ray_env())
+    if result.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{result.stdout}\n{result.stderr}")
+    (run_dir / "ray-head.log").write_text(result.stdout + result.stderr)
+    return f"127.0.0.1:{port}"
+
+
+def _cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def _shutdown_redis(spec: ReplaySpec) -> None:
+    import redis
+
+    client = redis.Redis(host=spec.host, port=spec.port, password=spec.password)
+    try:
+        client.shutdown()
+    except redis.ConnectionError:
+        pass

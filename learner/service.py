@@ -1,0 +1,196 @@
+"""The distributed learner's logic, without Ray: replay in, weights out, run state in Redis.
+
+    service = LearnerService(cfg, spec, run_dir, action_dim)
+    service.run(stop_event)        # until train.steps env steps, or until stopped
+    service.close()                # final checkpoint, summary, curve
+
+Each iteration: read the run's counters (the actors count env steps globally), switch every env
+to the next colour scheme at `distraction.switch_at` of the run, evaluate and checkpoint on
+schedule, take a prefetched batch (the replay's rate limiter holds the train ratio), update, and
+publish the new policy version for the actors. A learner restarted on the same run folder
+resumes from its last checkpoint; the replay lives on in Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diswm import metrics
+from diswm.broadcast import RunControl, WeightStore
+from diswm.config import Config
+from learner.learner import Learner
+from learner.serial import CHECKPOINT, append_csv, evaluate, plot_curve
+from replay_service.client import Prefetcher, ReplaySampler, ReplaySpec
+
+
+class LearnerService:
+    def __init__(self, cfg: Config, spec: ReplaySpec, run_dir: str | Path, action_dim: int, *,
+                 progress: Callable[[str], None] = print, log_every: float = 10.0):
+        self.cfg, self.spec, self.run_dir = cfg, spec, Path(run_dir)
+        self.progress, self.log_every = progress, log_every
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = self.run_dir / CHECKPOINT
+        self.evals: list[dict] = []
+        self.next = {"eval": 0, "ckpt": cfg.train.checkpoint_every}
+        if ckpt.exists():
+            self.learner, extra = Learner.from_checkpoint(ckpt)
+            self.next.update({k: int(v) for k, v in extra.get("next", {}).items()})
+            summary = self.run_dir / "metrics.json"
+            if summary.exists():
+                self.evals = json.loads(summary.read_text()).get("evaluations", [])
+            self.progress(f"learner: resumed from {ckpt} at update {self.learner.updates}")
+            self.resumed = True
+        else:
+            self.learner = Learner(cfg, action_dim)
+            self.resumed = False
+        self.sampler = ReplaySampler(spec, seed=cfg.train.seed + self.learner.updates)
+        self.weights = WeightStore(self.sampler.client, spec.namespace)
+        self.control = RunControl(self.sampler.client, spec.namespace)
+        if self.resumed:
+            self.control.add(learner_restarts=1)
+        self.control.set("scheme", self.learner.scheme)
+        self.publish()
+        ns = spec.namespace
+        self._m = {"updates": metrics.LEARNER_UPDATES.labels(ns),
+                   "duration": metrics.LEARNER_UPDATE_DURATION.labels(ns),
+                   "version": metrics.LEARNER_POLICY_VERSION.labels(ns),
+                   "lag": metrics.LEARNER_POLICY_LAG.labels(ns),
+                   "env_steps": metrics.LEARNER_ENV_STEPS.labels(ns),
+                   "eval": metrics.LEARNER_EVAL_RETURN.labels(ns)}
+        self.last_metrics: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    # -- pieces --------------------------------------------------------------------------------
+    def publish(self) -> None:
+        version, state = self.learner.get_weights("policy")
+        _, seconds = self.weights.publish(version, state)
+        metrics.LEARNER_BROADCAST.labels(self.spec.namespace).observe(seconds)
+        metrics.LEARNER_POLICY_VERSION.labels(self.spec.namespace).set(version)
+
+    def env_steps(self) -> int:
+        return self.control.counters()["env_steps"]
+
+    def _maybe_switch(self, env_steps: int) -> None:
+        d = self.cfg.distraction
+        if (d.enabled and d.switch_at < 1.0 and self.learner.scheme != d.switch_to
+                and env_steps >= d.switch_at * self.cfg.train.steps):
+            self.learner.scheme = d.switch_to
+            self.control.set("scheme", d.switch_to)
+            self.progress(f"env step {env_steps}: every env switches to colour scheme "
+                          f"{d.switch_to}")
+
+    def evaluate(self, env_steps: int) -> None:
+        cfg = self.cfg
+        self.next["eval"] = env_steps + cfg.train.eval_every
+        if cfg.train.eval_episodes == 0:
+            return
+        returns = evaluate(cfg, self.learner, cfg.train.eval_episodes, self.learner.scheme,
+                           seed=cfg.train.seed + 10_000 + len(self.evals))
+        row = {"env_steps": env_steps, "updates": self.learner.updates,
+               "scheme": self.learner.scheme, "return_mean": float(np.mean(returns)),
+               "return_min": float(np.min(returns)), "return_max": float(np.max(returns)),
+               "episodes": len(returns), "wall_seconds": time.perf_counter() - self.started}
+        self.evals.append(row)
+        append_csv(self.run_dir / "eval.csv", row)
+        self._m["eval"].set(row["return_mean"])
+        self.progress(f"eval at env step {env_steps}: return {row['return_mean']:.1f} "
+                      f"(scheme {self.learner.scheme}, {self.learner.updates} updates)")
+        self.write_summary()
+
+    def checkpoint(self, env_steps: int) -> None:
+        self.next["ckpt"] = env_steps + self.cfg.train.checkpoint_every
+        self.learner.save(self.run_dir / CHECKPOINT, extra={"next": dict(self.next)})
+        if self.cfg.replay.persistence == "snapshot":
+            self.sampler.snapshot()
+
+    def train_on(self, batch: dict[str, np.ndarray], agent_steps: int) -> dict[str, float]:
+        out = self.learner.update(batch, agent_step=agent_steps)
+        self._m["updates"].inc()
+        self._m["duration"].observe(out["update_seconds"])
+        for lag in self.learner.version - 1 - batch["policy_version"][:, -1]:
+            self._m["lag"].observe(max(int(lag), 0))
+        self.publish()
+        if self.learner.updates % 10 == 0:
+            append_csv(self.run_dir / "train.csv", {"agent_steps": agent_steps, **{
+                k: round(v, 6) for k, v in out.items()}})
+        return out
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None) -> dict[str, Any]:
+        cfg, stop = self.cfg, stop or threading.Event()
+        prefetcher = Prefetcher(self.sampler, cfg.train.batch_size, cfg.train.batch_length,
+                                depth=max(cfg.replay.prefetch, 1), patient=True)
+        last_log, initial_done = time.perf_counter(), self.learner.updates > 0
+        try:
+            while not stop.is_set():
+                counters = self.control.counters()
+                env_steps = counters["env_steps"]
+                self._m["env_steps"].set(env_steps)
+                if env_steps >= cfg.train.steps:
+                    break
+                self._maybe_switch(env_steps)
+                if env_steps >= self.next["eval"] and self.learner.updates:
+                    self.evaluate(env_steps)
+                if env_steps >= self.next["ckpt"]:
+                    self.checkpoint(env_steps)
+                batch = prefetcher.get(timeout=0.5)
+                if batch is None:
+                    continue  # the limiter holds us back; look at the stop flag and counters
+                repeats = 1 if initial_done else max(cfg.train.pretrain_updates, 1)
+                for _ in range(repeats):
+                    self.last_metrics = self.train_on(batch, counters["agent_steps"])
+                    if repeats > 1:
+                        batch = prefetcher.get(timeout=5.0) or batch
+                initial_done = True
+                if time.perf_counter() - last_log > self.log_every:
+                    last_log = time.perf_counter()
+                    self.progress(self.status_line(env_steps))
+        finally:
+            prefetcher.close()
+        return self.finish()
+
+    def status_line(self, env_steps: int | None = None) -> str:
+        env_steps = self.env_steps() if env_steps is None else env_steps
+        m = self.last_metrics
+        elapsed = time.perf_counter() - self.started
+        return (f"env step {env_steps}/{self.cfg.train.steps}  updates {self.learner.updates}  "
+                f"version {self.learner.version}  model loss {m.get('model_loss', float('nan')):.1f}"
+                f"  eta {m.get('eta', 0.0):.3f}  {env_steps / max(elapsed, 1e-9):.0f} env steps/s")
+
+    def finish(self) -> dict[str, Any]:
+        env_steps = self.env_steps()
+        if env_steps >= self.cfg.train.steps:
+            self.control.set("done", "1")
+            if self.cfg.train.eval_episodes:
+                self.evaluate(env_steps)
+        self.checkpoint(env_steps)
+        return self.write_summary()
+
+    def write_summary(self) -> dict[str, Any]:
+        cfg = self.cfg
+        summary = {"task": cfg.env.task, "namespace": self.spec.namespace,
+                   "updates": self.learner.updates, "policy_version": self.learner.version,
+                   "scheme": self.learner.scheme, "counters": self.control.counters(),
+                   "replay": self.sampler.stats(), "evaluations": self.evals,
+                   "final_return": self.evals[-1]["return_mean"] if self.evals else None,
+                   "teacher": self.learner.teacher is not None,
+                   "wall_seconds": time.perf_counter() - self.started}
+        (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.evals:
+            switch = (cfg.distraction.switch_at * cfg.train.steps
+                      if cfg.distraction.enabled and cfg.distraction.switch_at < 1 else None)
+            plot_curve(self.evals, self.run_dir / "curve.png", cfg.env.task, switch)
+        return summary
+
+    def stats(self) -> dict[str, Any]:
+        return {"updates": self.learner.updates, "version": self.learner.version,
+                "scheme": self.learner.scheme, "env_steps": self.env_steps(),
+                "evaluations": len(self.evals),
+                "last_eval": self.evals[-1]["return_mean"] if self.evals else None}
