@@ -120,7 +120,7 @@ def test_resume_refuses_a_different_request(tmp_path, tiny_cfg):
 
 
 def test_killed_collection_resumed_on_ray_equals_uninterrupted(tmp_path, tiny_cfg):
-    shards = 8
+    shards = 6
     frames = shards * FRAMES_PER_EPISODE - 10  # the last episode is still collected whole
     reference = collect(tiny_cfg, tmp_path / "ref", frames=frames, workers=0)
     assert reference["shards"] == shards and reference["frames"] == shards * FRAMES_PER_EPISODE
