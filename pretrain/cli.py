@@ -89,7 +89,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     report = inspect_checkpoint(args.checkpoint, args.data, args.out, samples=args.samples,
                                 seed=args.seed, progress=_log)
-    keys = ("mig", "sap", "mig_colours", "mig_state", "sap_colours", "sap_state",
+    keys = ("mig", "sap", "mig_top5", "sap_top5", "mig_colours", "mig_state", "sap_colours", "sap_state",
             "recon_mse", "files")
     print(json.dumps({k: report[k] for k in keys}, indent=2))
     return 0

@@ -53,7 +53,8 @@ def test_mixed_code_scores_in_between(factors):
 def test_scores_per_group_and_constant_factors_ignored(factors):
     groups = {"colours": factors[:, :3], "state": np.c_[factors[:, 3:], np.ones(N)]}
     scores = disentanglement_scores(factors, groups)
-    assert set(scores) == {"mig", "sap", "mig_colours", "sap_colours", "mig_state", "sap_state"}
+    assert set(scores) == {"mig", "sap", "mig_top5", "sap_top5", "mig_colours", "sap_colours",
+                           "mig_state", "sap_state"}
     assert all(0.9 < v <= 1.0 for v in scores.values())
     with pytest.raises(ValueError, match="same N"):
         mig(factors[:10], factors)
