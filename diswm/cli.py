@@ -3,6 +3,8 @@
     diswm envs list
     diswm envs show dmc:cheetah_run --scheme B --frames 16 --out frames.png
     diswm config show --config debug --set train.steps=5000
+    diswm run --config quickstart cheetah_run_to_walker_walk
+    diswm cluster up --actors 4 | scale 8 | status | down
     diswm bench envs --json bench/envs.json
     diswm bench replay --json bench/replay.json
     diswm bench learner --json bench/learner.json
@@ -207,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     from pretrain.cli import add_pretrain_parser
 
     add_pretrain_parser(sub, _add_config_args)
+
+    from diswm.runtime.commands import add_commands as add_runtime_commands
+
+    add_runtime_commands(sub, _add_config_args, _config)
 
     bench = sub.add_parser("bench", help="benchmarks (JSON with a same-run baseline)")
     bench_sub = bench.add_subparsers(dest="bench_name", required=True, metavar="NAME")

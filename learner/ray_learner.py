@@ -44,7 +44,8 @@ class LearnerActor:
 
     def _progress(self, line: str) -> None:
         self.lines.append(line)
-        self.refresh_targets()
+        if getattr(self, "service", None) is not None:  # not while the service is being built
+            self.refresh_targets()
         log.info(line)
 
     def _loop(self) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLES = {"learner", "actors", "replay_service", "pretrain"}
-TOP_LAYER = {"diswm/cli.py", "diswm/bench"}  # the run/CLI layer may import the roles
+TOP_LAYER = {"diswm/cli.py", "diswm/bench", "diswm/runtime"}  # the run/CLI layer: may import roles
 NO_INFRA = {"ray", "redis", "prometheus_client"}
 
 

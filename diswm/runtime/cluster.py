@@ -134,6 +134,7 @@ class Cluster:
             self.cfg.to_dict(), self.spec, str(self.run_dir), action_dim)
         ray.get(handle.pid.remote())  # wait until it is up (it publishes weights at start)
         self.handles["learner"] = handle
+        self.refresh_targets()
         return handle
 
     def learner(self):
@@ -189,7 +190,16 @@ class Cluster:
             self.handles[f"actor-{index}"] = handle
             started.append(handle)
         ray.get([h.pid.remote() for h in started], timeout=timeout)
+        self.refresh_targets()
         return self.actor_names()
+
+    def refresh_targets(self) -> Path:
+        """Rewrite the Prometheus file_sd targets from the processes registered in Redis."""
+        from diswm import telemetry
+
+        return telemetry.write_file_sd(self.run_dir / "prometheus" / "targets.json",
+                                       telemetry.targets(self._redis(), self.namespace),
+                                       self.namespace)
 
     def status(self) -> dict[str, Any]:
         import ray

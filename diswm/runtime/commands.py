@@ -1,0 +1,158 @@
+"""CLI commands of the distributed runtime: `diswm run`, `diswm cluster ...`, `diswm monitor`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_CLUSTER_DIR = "runs/cluster"
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _stamp_dir(cfg, run_dir: str | None) -> Path:
+    if run_dir:
+        return Path(run_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.runtime.run_dir) / f"{stamp}-{cfg.env.task.replace(':', '_')}"
+
+
+def cmd_run(args: argparse.Namespace, cfg) -> int:
+    from diswm.runtime.job import run_job
+
+    run_job(cfg, _stamp_dir(cfg, args.run_dir), teacher=args.teacher,
+            skip_pretrain=args.skip_pretrain, progress=_err)
+    return 0
+
+
+def cmd_cluster_up(args: argparse.Namespace, cfg) -> int:
+    from diswm.config import replace
+    from diswm.runtime.cluster import STATE_FILE, Cluster, action_dim_of
+
+    run_dir = Path(args.run_dir)
+    if (run_dir / STATE_FILE).exists() and not args.force:
+        raise ValueError(f"{run_dir} already holds a cluster; `make cluster-down` first, "
+                         "or pass another RUN folder")
+    if args.actors is not None:
+        cfg = replace(cfg, runtime={"actors": args.actors})
+    if args.teacher:
+        cfg = replace(cfg, distill={"teacher": str(Path(args.teacher).resolve())})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.yaml")
+    cluster = Cluster.create(cfg, run_dir, detached=True)
+    cluster.start_learner(action_dim_of(cfg))
+    names = cluster.scale(cfg.runtime.actors)
+    _err(f"cluster up in {run_dir.resolve()}: learner + {len(names)} actors on Ray "
+         f"{cluster.ray_address}, replay redis 127.0.0.1:{cluster.spec.port}")
+    _err("status: make cluster-status | scale: make scale ACTORS=N | stop: make cluster-down | "
+         f"Prometheus: make monitor RUN={run_dir}")
+    return 0
+
+
+def cmd_cluster_scale(args: argparse.Namespace, cfg) -> int:
+    from diswm.runtime.cluster import Cluster
+
+    cluster = Cluster.attach(args.run_dir)
+    names = cluster.scale(args.actors)
+    _err(f"{len(names)} actors running: {', '.join(names) or '-'}")
+    return 0
+
+
+def cmd_cluster_status(args: argparse.Namespace, cfg) -> int:
+    from diswm.runtime.cluster import Cluster
+
+    cluster = Cluster.attach(args.run_dir)
+    status = cluster.status()
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+        return 0
+    r, lrn = status["replay"], status["learner"] or {}
+    print(f"run {status['run_dir']} (namespace {status['namespace']})")
+    print(f"learner: updates {lrn.get('updates')}  version {lrn.get('version')}  env steps "
+          f"{lrn.get('env_steps')}  scheme {lrn.get('scheme')}  last eval {lrn.get('last_eval')}")
+    print(f"replay:  {r['size_steps']} steps, {r['size_bytes'] / 1e6:.1f} MB "
+          f"(x{r['compression_ratio']:.1f}), inserts {r['inserts']}, samples {r['samples']}")
+    for a in status["actors"]:
+        print(f"  {a.get('name', 'actor-' + str(a.get('actor')))}: env steps {a.get('env_steps')}"
+              f"  episodes {a.get('episodes')}  policy v{a.get('policy_version')}  "
+              f"scheme {a.get('scheme')}  metrics :{a.get('metrics_port')}")
+    print(f"metrics targets: {status['metrics_targets']}")
+    return 0
+
+
+def cmd_cluster_down(args: argparse.Namespace, cfg) -> int:
+    from diswm.runtime.cluster import STATE_FILE, Cluster
+
+    cluster = Cluster.attach(args.run_dir)
+    summary = cluster.shutdown(stop_ray=True)
+    (Path(args.run_dir) / STATE_FILE).unlink(missing_ok=True)
+    _err(f"cluster down; learner stopped at {summary and summary.get('updates')} updates, "
+         f"checkpoint in {Path(args.run_dir) / 'checkpoints'}")
+    return 0
+
+
+def cmd_monitor(args: argparse.Namespace, cfg) -> int:
+    from diswm.runtime.monitor import start_prometheus, wait_ready
+
+    proc = start_prometheus(args.run_dir, args.port)
+    wait_ready(args.port)
+    _err(f"Prometheus on http://127.0.0.1:{args.port} scraping {args.run_dir} "
+         "(Ctrl-C to stop); try: sum(rate(diswm_actor_env_steps_total[1m]))")
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return 0
+
+
+def add_commands(sub, add_config_args, load_config) -> None:
+    """Register the runtime's subcommands on the main parser's subparsers.
+
+    `load_config(args)` resolves --config/--set for the commands that take them."""
+
+    def with_config(fn):
+        return lambda args: fn(args, load_config(args))
+
+    def without_config(fn):
+        return lambda args: fn(args, None)
+
+    p = sub.add_parser("run", help="the main job: pretraining, then distributed DisWM training")
+    p.add_argument("--run-dir", default=None, help="run folder (default runtime.run_dir/STAMP-TASK)")
+    p.add_argument("--teacher", default=None, metavar="CKPT",
+                   help="use this pretrained teacher instead of pretraining")
+    p.add_argument("--skip-pretrain", action="store_true",
+                   help="no stage 1: train without a teacher (DisWM without distillation)")
+    add_config_args(p)
+    p.set_defaults(func=with_config(cmd_run))
+
+    cluster = sub.add_parser("cluster", help="a long-lived cluster: up, scale, status, down")
+    csub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    p = csub.add_parser("up", help="start Redis, a Ray head, the learner and N actors (detached)")
+    p.add_argument("--actors", type=int, default=None, help="actor count (runtime.actors)")
+    p.add_argument("--teacher", default=None, metavar="CKPT", help="pretrained teacher")
+    p.add_argument("--force", action="store_true", help="reuse a folder with stale state")
+    p.add_argument("--run-dir", default=DEFAULT_CLUSTER_DIR)
+    add_config_args(p)
+    p.set_defaults(func=with_config(cmd_cluster_up))
+    p = csub.add_parser("scale", help="change the actor count live")
+    p.add_argument("actors", type=int)
+    p.add_argument("--run-dir", default=DEFAULT_CLUSTER_DIR)
+    p.set_defaults(func=without_config(cmd_cluster_scale))
+    p = csub.add_parser("status", help="learner, replay and actor state")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--run-dir", default=DEFAULT_CLUSTER_DIR)
+    p.set_defaults(func=without_config(cmd_cluster_status))
+    p = csub.add_parser("down", help="flush actors, checkpoint the learner, stop everything")
+    p.add_argument("--run-dir", default=DEFAULT_CLUSTER_DIR)
+    p.set_defaults(func=without_config(cmd_cluster_down))
+
+    p = sub.add_parser("monitor", help="a Prometheus server scraping a run (Debian's prometheus)")
+    p.add_argument("--run-dir", default=DEFAULT_CLUSTER_DIR)
+    p.add_argument("--port", type=int, default=9090)
+    p.set_defaults(func=without_config(cmd_monitor))

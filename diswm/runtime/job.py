@@ -1,0 +1,121 @@
+"""The main job (`make run`, `diswm run`): pretraining, then distributed online training.
+
+    summary = run_job(cfg, run_dir)
+
+1. a local redis-server (loopback, password) and a local Ray;
+2. stage 1: collect distracting videos of `pretrain.source_task` with Ray workers and train the
+   action-free beta-VAE video model -> the frozen teacher (skipped with a given teacher, or when
+   distillation and fine-tuning are off);
+3. stages 2-3: a learner actor and `runtime.actors` env actors train DisWM online until
+   `train.steps` env steps, switching every env's colours at `distraction.switch_at`;
+4. everything stops cleanly (actors flush partial episodes, the learner checkpoints) and the run
+   folder holds the resolved config, checkpoints, CSVs, curves and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from diswm.config import Config, replace
+from diswm.runtime.cluster import Cluster, action_dim_of
+
+
+def _pretrain(cfg: Config, run_dir: Path, progress: Callable[[str], None]) -> tuple[Path, dict]:
+    from pretrain.collect import collect
+    from pretrain.trainer import PretrainRunner
+
+    data = run_dir / "pretrain" / "data"
+    p = cfg.pretrain
+    progress(f"[1/3] collecting {p.frames} distracting frames of {p.source_task} "
+             f"(scheme {cfg.distraction.scheme}, {max(p.workers, 1)} Ray workers)")
+    info = collect(cfg, data, task=p.source_task, frames=p.frames, workers=max(p.workers, 1),
+                   progress=lambda entry, manifest: progress(
+                       f"      shard {entry['index']}: {manifest['frames']}/{p.frames} frames"))
+    progress(f"      {info['frames']} frames in {info['seconds']:.0f}s "
+             f"({info['frames_per_second']:.0f} frames/s)")
+    progress(f"[2/3] pretraining the video model: {p.updates} updates of "
+             f"{p.batch_size}x{p.batch_length}")
+    start = time.perf_counter()
+    runner = PretrainRunner(cfg, run_dir / "pretrain" / "model", data=data, progress=progress)
+    runner.run()
+    teacher = runner.write_teacher()
+    runner.plot()
+    seconds = time.perf_counter() - start
+    progress(f"      teacher checkpoint {teacher} ({seconds:.0f}s)")
+    return teacher, {"collect": info, "train_seconds": seconds, "teacher": str(teacher)}
+
+
+def run_job(cfg: Config, run_dir: str | Path, *, teacher: str | None = None,
+            skip_pretrain: bool = False, progress: Callable[[str], None] = print,
+            poll: float = 2.0) -> dict[str, Any]:
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "stages": {}}
+    needs_teacher = cfg.distill.enabled or cfg.distill.finetune
+    if teacher:
+        cfg = replace(cfg, distill={"teacher": str(Path(teacher).resolve())})
+    cfg.save(run_dir / "config.yaml")
+    cluster = Cluster.create(cfg, run_dir)
+    progress(f"run folder: {run_dir}")
+    progress(f"replay: redis on {cluster.spec.host}:{cluster.spec.port} (password in "
+             f"{run_dir / 'redis' / 'redis.password'}), Ray local")
+    try:
+        if needs_teacher and not cfg.distill.teacher and not skip_pretrain:
+            path, info = _pretrain(cfg, run_dir, progress)
+            summary["stages"]["pretrain"] = info
+            cfg = replace(cfg, distill={"teacher": str(path)})
+            cfg.save(run_dir / "config.yaml")
+            cluster.cfg = cfg
+            cluster.save_state()
+        online_start = time.perf_counter()
+        progress(f"[3/3] online training on {cfg.env.task}: {cfg.runtime.actors} actors x "
+                 f"{cfg.runtime.envs_per_actor} envs, {cfg.train.steps} env steps, teacher: "
+                 f"{cfg.distill.teacher or 'none'}")
+        learner = cluster.start_learner(action_dim_of(cfg))
+        cluster.scale(cfg.runtime.actors)
+        _print_metrics_urls(cluster, progress)
+        seen = 0
+        import ray
+
+        while True:
+            lines = ray.get(learner.progress_lines.remote(seen))
+            seen += len(lines)
+            for line in lines:
+                progress("      " + line)
+            if ray.get(learner.done.remote()):
+                break
+            time.sleep(poll)  # a progress poll, not synchronisation: done() decides
+        stats = ray.get(learner.stats.remote())
+        if stats["error"]:
+            raise RuntimeError(f"the learner failed:\n{stats['error']}")
+        summary["stages"]["online_seconds"] = time.perf_counter() - online_start
+    finally:
+        final = cluster.shutdown()
+    summary.update({"config": str(run_dir / "config.yaml"), "online": final,
+                    "wall_seconds": time.perf_counter() - started})
+    if final:
+        counters = final["counters"]
+        summary["env_steps_per_second"] = counters["env_steps"] / max(
+            summary["stages"].get("online_seconds", 1.0), 1e-9)
+        summary["final_return"] = final["final_return"]
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    progress(f"done in {summary['wall_seconds'] / 60:.1f} min: final eval return "
+             f"{summary.get('final_return')}; see {run_dir / 'summary.json'} and "
+             f"{run_dir / 'curve.png'}")
+    return summary
+
+
+def _print_metrics_urls(cluster: Cluster, progress: Callable[[str], None]) -> None:
+    from diswm import telemetry
+    from diswm.rediskit import connect
+
+    client = connect(cluster.spec.host, cluster.spec.port, cluster.spec.password)
+    for name, address in sorted(telemetry.targets(client, cluster.namespace).items()):
+        progress(f"      metrics: http://{address}/metrics  ({name})")
+    progress(f"      Prometheus: make monitor RUN={cluster.run_dir}  (targets in "
+             f"{cluster.run_dir / 'prometheus' / 'targets.json'})")

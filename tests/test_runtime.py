@@ -1,0 +1,192 @@
+"""The distributed runtime on a real local Ray and a real redis-server, tiny preset.
+
+One cluster serves the module; the tests run in file order and each says what it waits for.
+Waits are polls with deadlines on observable state, never fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import numpy as np
+import pytest
+import ray
+
+from diswm.broadcast import RunControl, WeightStore
+from diswm.config import load_config
+from diswm.runtime.cluster import Cluster, action_dim_of
+from diswm.runtime.monitor import query, start_prometheus, wait_ready
+from replay_service.client import ReplaySpec, read_meta
+from replay_service.server import RedisServer, free_port
+
+STEPS = 30_000
+SWITCH_AT = 0.1  # colour scheme B from env step 3000
+
+
+def wait_for(what: str, check, timeout: float = 120.0, every: float = 0.25):
+    """Poll `check()` until it returns a truthy value; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = load_config(["tiny"], [
+        f"train.steps={STEPS}", f"distraction.switch_at={SWITCH_AT}", "runtime.actors=2",
+        "train.eval_every=1000000", "train.checkpoint_every=300", "replay.wait_timeout=60",
+        f"replay.namespace=test-{uuid.uuid4().hex[:6]}"])
+    cfg.save(run_dir / "config.yaml")
+    c = Cluster.create(cfg, run_dir, num_cpus=8)
+    c.start_learner(action_dim_of(cfg))
+    c.scale(2)
+    yield c
+    c.shutdown()
+
+
+def learner_stats(c: Cluster) -> dict:
+    return ray.get(c.learner().stats.remote(), timeout=60)
+
+
+def actor_stats(c: Cluster, name: str) -> dict:
+    return ray.get(ray.get_actor(name, namespace=c.namespace).stats.remote(), timeout=60)
+
+
+def test_actors_insert_learner_trains_and_weights_reach_actors(cluster):
+    meta = wait_for("replay inserts", lambda: (m := cluster.replay_meta())["inserts"] > 0 and m)
+    assert meta["size_steps"] > 0
+    wait_for("learner updates", lambda: learner_stats(cluster)["updates"] >= 5)
+    first = {n: actor_stats(cluster, n)["policy_version"] for n in cluster.actor_names()}
+    # New policy versions reach every actor: their versions rise past what they had.
+    for name, version in first.items():
+        wait_for(f"{name}'s policy version to rise above {version}",
+                 lambda n=name, v=version: actor_stats(cluster, n)["policy_version"] > v)
+    assert learner_stats(cluster)["error"] is None
+
+
+def test_prometheus_scrapes_a_positive_env_steps_rate(cluster):
+    port = free_port()
+    proc = start_prometheus(cluster.run_dir, port, scrape_interval="1s")
+    try:
+        wait_ready(port)
+
+        def rate():
+            result = query(port, "sum(rate(diswm_actor_env_steps_total[10s]))")
+            return result and float(result[0]["value"][1]) > 0 and result
+
+        result = wait_for("a positive env-steps rate in Prometheus", rate, timeout=90, every=1)
+        assert float(result[0]["value"][1]) > 0
+        updates = query(port, "sum(diswm_learner_updates_total)")
+        assert updates and float(updates[0]["value"][1]) > 0
+        roles = {r["metric"]["role"] for r in query(port, "up == 1")}
+        assert roles == {"learner", "actor"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_scaling_2_to_1_to_3_keeps_everything_running(cluster):
+    before = cluster.replay_meta()
+    updates = learner_stats(cluster)["updates"]
+    assert cluster.scale(1) == ["actor-0"]
+    after = cluster.replay_meta()
+    assert after["inserts"] >= before["inserts"] and after["size_steps"] >= before["size_steps"]
+    wait_for("training to go on with one actor",
+             lambda: learner_stats(cluster)["updates"] > updates)
+    assert cluster.scale(3) == ["actor-0", "actor-1", "actor-2"]
+    steps = actor_stats(cluster, "actor-2")["env_steps"]
+    wait_for("the new actor to step", lambda: actor_stats(cluster, "actor-2")["env_steps"] > steps)
+    assert learner_stats(cluster)["running"]
+
+
+def test_killed_actor_comes_back_with_current_weights(cluster):
+    control = RunControl(cluster._redis(), cluster.namespace)
+    restarts = control.counters()["actor_restarts"]
+    old_pid = ray.get(ray.get_actor("actor-1", namespace=cluster.namespace).pid.remote())
+    os.kill(old_pid, signal.SIGKILL)
+
+    def back():
+        try:
+            stats = actor_stats(cluster, "actor-1")
+        except ray.exceptions.RayError:
+            return None  # restarting
+        return stats["pid"] != old_pid and stats["env_steps"] > 0 and stats
+
+    stats = wait_for("actor-1 to be restarted and stepping", back, timeout=180)
+    assert control.counters()["actor_restarts"] == restarts + 1
+    published = WeightStore(cluster._redis(), cluster.namespace).version()
+    assert stats["policy_version"] > 0 and stats["policy_version"] <= published
+
+
+def test_scheme_switches_at_the_midpoint_for_every_env(cluster):
+    switch = SWITCH_AT * STEPS
+    wait_for("the learner to switch to scheme B",
+             lambda: learner_stats(cluster)["scheme"] == "B", timeout=240)
+    assert RunControl(cluster._redis(), cluster.namespace).counters()["env_steps"] >= switch
+    for name in cluster.actor_names():
+        wait_for(f"{name} to act in scheme B",
+                 lambda n=name: actor_stats(cluster, n)["scheme"] == "B")
+
+
+def test_restarted_learner_resumes_from_its_checkpoint(cluster):
+    from learner.serial import CHECKPOINT
+
+    ckpt = cluster.run_dir / CHECKPOINT
+    wait_for("a learner checkpoint", ckpt.exists)
+    handle = cluster.learner()
+    old_pid = ray.get(handle.pid.remote())
+    os.kill(old_pid, signal.SIGKILL)
+
+    def back():
+        try:
+            stats = learner_stats(cluster)
+        except ray.exceptions.RayError:
+            return None
+        return stats["pid"] != old_pid and stats
+
+    stats = wait_for("the learner to come back", back, timeout=180)
+    assert stats["updates"] > 0, "the restarted learner did not resume from its checkpoint"
+    assert stats["scheme"] == "B"
+    assert RunControl(cluster._redis(), cluster.namespace).counters()["learner_restarts"] == 1
+    updates = stats["updates"]
+    wait_for("training to continue", lambda: learner_stats(cluster)["updates"] > updates)
+
+
+def test_actor_stop_flushes_partial_episodes(tmp_path):
+    """Nothing an actor stepped is lost when it stops: every step is in the replay after close."""
+    from actors.worker import ActorWorker
+
+    cfg = load_config(["tiny"], ["runtime.envs_per_actor=2", "replay.chunk_length=16"])
+    with RedisServer(tmp_path / "redis", persistence="none") as server:
+        spec = ReplaySpec.from_config(cfg, port=server.port, password=server.password)
+        worker = ActorWorker(cfg, 0, spec)
+        for _ in range(37):
+            worker.step()
+        stepped = 2 + 2 * 37 + worker.episodes  # initial obs + steps + reset obs per episode
+        assert read_meta(worker.writer.client, spec)["inserts"] < stepped  # open chunks
+        worker.close()
+        assert read_meta(server.client(), spec)["inserts"] == stepped
+
+
+def test_actor_worker_matches_a_plain_env_loop(tmp_path):
+    """The actor's envs produce what a plain loop over make_env with the same seed produces."""
+    from actors.worker import ActorWorker
+    from diswm.envs import make_env
+
+    cfg = load_config(["tiny"])
+    with RedisServer(tmp_path / "redis", persistence="none") as server:
+        spec = ReplaySpec.from_config(cfg, port=server.port, password=server.password)
+        worker = ActorWorker(cfg, 3, spec)
+        seed = cfg.train.seed * 1_000_003 + 3 * 1000
+        with make_env(cfg.env, cfg.distraction, seed=seed) as env:
+            np.testing.assert_array_equal(env.reset()["image"], worker.obs[0]["image"])
+        worker.close()
