@@ -1,7 +1,11 @@
 # DisWM at scale — the front door.
-#   make test        installs what is missing (venv, pinned packages, redis-server) and runs the tests
-#   make bench       runs the benchmarks, writing JSON under bench/
-#   make lint/format ruff
+#   make run                   the main job on the embedded default (about 10 min on a 2-core CPU)
+#   make test                  installs what is missing (venv, pinned packages, redis-server,
+#                              prometheus) and runs the tests
+#   make cluster-up ACTORS=N   a long-lived local cluster; make scale ACTORS=N | cluster-status |
+#                              cluster-down; make monitor (Prometheus on :9090)
+#   make bench                 benchmarks, JSON under bench/ (each with a same-run baseline)
+#   make lint/format           ruff
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -9,12 +13,22 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+CONFIG ?= quickstart cheetah_run_to_walker_walk
+CLUSTER_CONFIG ?= debug
+ACTORS ?= 4
+RUN ?= runs/cluster
+PORT ?= 9090
+SET ?=
+DISWM := $(VENV)/bin/diswm
 export MUJOCO_GL ?= egl
+export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: help install redis test test-all lint format bench bench-envs bench-replay clean
+.PHONY: help install redis prometheus run test test-all lint format bench bench-envs \
+	bench-replay bench-actors bench-learner cluster-up scale cluster-status cluster-down monitor clean
 
 help:
-	@echo "make test | test-all | bench | lint | format | clean"
+	@echo "make run | test | test-all | cluster-up ACTORS=N | scale ACTORS=N | cluster-status |"
+	@echo "make cluster-down | monitor | bench | lint | format | clean"
 
 # The virtualenv with the pinned packages (setup.cfg); rebuilt when setup.cfg changes.
 $(STAMP): setup.cfg pyproject.toml
@@ -22,7 +36,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP) redis
+install: $(STAMP) redis prometheus
 
 # Debian's redis-server (the replay service and its tests need a real one).
 redis:
@@ -31,6 +45,17 @@ redis:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 	@redis-server --version
+
+# Debian's prometheus (make monitor, and the test that scrapes a live cluster).
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  echo "installing prometheus from Debian"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+# The main job: Redis + Ray locally, a short pretraining, then online DisWM with several actors.
+run: install
+	$(DISWM) run --config $(CONFIG) $(if $(SET),--set $(SET))
 
 test: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
@@ -45,13 +70,34 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix diswm learner actors replay_service pretrain tests
 	$(VENV)/bin/ruff format diswm learner actors replay_service pretrain tests
 
-bench: bench-envs bench-replay
+cluster-up: install
+	$(DISWM) cluster up --run-dir $(RUN) --actors $(ACTORS) --config $(CLUSTER_CONFIG) $(if $(SET),--set $(SET))
+
+scale:
+	$(DISWM) cluster scale $(ACTORS) --run-dir $(RUN)
+
+cluster-status:
+	$(DISWM) cluster status --run-dir $(RUN)
+
+cluster-down:
+	$(DISWM) cluster down --run-dir $(RUN)
+
+monitor: $(STAMP) prometheus
+	$(DISWM) monitor --run-dir $(RUN) --port $(PORT)
+
+bench: bench-envs bench-replay bench-actors bench-learner
 
 bench-envs: install
 	$(VENV)/bin/diswm bench envs --json bench/envs.json
 
 bench-replay: install
 	$(VENV)/bin/diswm bench replay --json bench/replay.json
+
+bench-actors: install
+	$(VENV)/bin/diswm bench actors --config debug --json bench/actors.json
+
+bench-learner: install
+	$(VENV)/bin/diswm bench learner --json bench/learner.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

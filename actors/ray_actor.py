@@ -48,7 +48,7 @@ class EnvActor:
 
         self.worker = ActorWorker(self.cfg, self.index, self.spec)
         telemetry.register(self.worker.writer.client, self.spec.namespace, self.name,
-                           f"{self.host}:{self.metrics_port}")
+                           telemetry.advertised(self.host, self.metrics_port))
         if _reconstructed():
             metrics.ACTOR_RESTARTS.labels(str(self.index)).inc()
             self.worker.control.add(actor_restarts=1)

@@ -150,6 +150,17 @@ def _cmd_bench_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_actors(args: argparse.Namespace) -> int:
+    from diswm.bench.actors import bench_actors
+
+    report = bench_actors(_config(args), seconds=args.seconds, json_path=args.json,
+                          progress=lambda msg: print(msg, file=sys.stderr))
+    keys = ("env_steps_per_s", "actor_efficiency_vs_raw_env", "scaling_2_vs_1", "weight_bytes",
+            "weight_publish_seconds", "weight_fetch_seconds")
+    print(json.dumps({k: report[k] for k in keys}, indent=2))
+    return 0
+
+
 def _cmd_bench_learner(args: argparse.Namespace) -> int:
     from diswm.bench.learner import bench_learner
 
@@ -229,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="FILE", help="write the report here")
     _add_config_args(p)
     p.set_defaults(func=_cmd_bench_replay)
+    p = bench_sub.add_parser("actors", help="one Ray actor vs a plain loop; 2 actors vs 1")
+    p.add_argument("--seconds", type=float, default=20.0, help="measurement window per case")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the report here")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_bench_actors)
     p = bench_sub.add_parser("learner", help="learner updates/s and peak memory: eager vs faster")
     p.add_argument("--sizes", nargs="+", default=["defaults", "debug"],
                    choices=("defaults", "debug"), help="model sizes (defaults: batch 50x50)")

@@ -206,7 +206,9 @@ class RuntimeConfig:
     envs_per_actor: int = field(default=1, metadata=_range(ge=1))
     learner_gpus: float = field(default=1.0, metadata=_range(ge=0.0))  # fractional GPUs share a card
     ray_address: str = ""  # "" starts a local Ray
-    metrics_port: int = field(default=9464, metadata=_range(ge=0, le=65535))
+    # Address every process serves /metrics on (a free port each); set a reachable address on
+    # multi-machine clusters so one Prometheus can scrape them all.
+    metrics_host: str = "127.0.0.1"
     run_dir: str = "runs"
 
 

@@ -22,6 +22,20 @@ def serve_metrics(host: str = "127.0.0.1", port: int = 0) -> int:
     return int(server.server_port)
 
 
+def advertised(host: str, port: int) -> str:
+    """The address Prometheus should scrape: a wildcard bind advertises this node's IP."""
+    if host in ("0.0.0.0", "::", ""):
+        try:
+            import ray
+
+            host = ray.util.get_node_ip_address()
+        except Exception:  # noqa: BLE001 - outside Ray: the machine's name
+            import socket
+
+            host = socket.gethostbyname(socket.gethostname())
+    return f"{host}:{port}"
+
+
 def register(client: redis.Redis, namespace: str, name: str, address: str) -> None:
     client.hset(f"diswm:{namespace}:metrics", name, address)
 

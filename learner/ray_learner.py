@@ -33,7 +33,8 @@ class LearnerActor:
                                       progress=self._progress)
         self.metrics_port = telemetry.serve_metrics(host)
         client = self.service.sampler.client
-        telemetry.register(client, spec.namespace, "learner", f"{host}:{self.metrics_port}")
+        telemetry.register(client, spec.namespace, "learner",
+                           telemetry.advertised(host, self.metrics_port))
         self._targets_file = self.run_dir / "prometheus" / "targets.json"
         self.refresh_targets()
         self._stop = threading.Event()

@@ -131,7 +131,8 @@ class Cluster:
         gpus = self.cfg.runtime.learner_gpus if _cluster_gpus() > 0 else 0
         opts = self._options("learner") | {"num_gpus": gpus, "num_cpus": 1}
         handle = ray.remote(LearnerActor).options(**opts).remote(
-            self.cfg.to_dict(), self.spec, str(self.run_dir), action_dim)
+            self.cfg.to_dict(), self.spec, str(self.run_dir), action_dim,
+            self.cfg.runtime.metrics_host)
         ray.get(handle.pid.remote())  # wait until it is up (it publishes weights at start)
         self.handles["learner"] = handle
         self.refresh_targets()
@@ -185,7 +186,7 @@ class Cluster:
         for index in free[:max(n - len(indices), 0)]:
             opts = self._options(f"actor-{index}") | {"num_cpus": 1}
             handle = ray.remote(EnvActor).options(**opts).remote(
-                self.cfg.to_dict(), index, self.spec)
+                self.cfg.to_dict(), index, self.spec, self.cfg.runtime.metrics_host)
             client.sadd(self._actor_set(), f"actor-{index}")
             self.handles[f"actor-{index}"] = handle
             started.append(handle)

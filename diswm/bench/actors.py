@@ -1,0 +1,116 @@
+"""`diswm bench actors`: what the actor shell costs, and how actors scale, on this machine.
+
+* baseline: the same K envs stepped in a plain loop with the same policy in this process (no Ray,
+  no replay, no metrics), measured before and after the Ray cases (their mean);
+* 1 actor: a Ray `EnvActor` doing the same stepping and streaming every step into a real Redis
+  replay (limiter off), counting through the run's control plane;
+* 2 actors: the same with two.
+
+Keys: ``actor_efficiency_vs_raw_env`` = 1-actor env steps/s / baseline env steps/s and
+``scaling_2_vs_1`` = 2-actor env steps/s / 1-actor env steps/s. Also the weight broadcast cost:
+``weight_publish_seconds`` (learner side) and ``weight_fetch_seconds`` (actor side).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from diswm.agent import Policy
+from diswm.bench.common import write_report
+from diswm.broadcast import RunControl, WeightStore
+from diswm.config import Config, replace
+from diswm.envs import make_env
+from diswm.rediskit import connect
+
+
+def _plain_loop(cfg: Config, weights, seconds: float) -> float:
+    """Env steps/s of K envs + the batched policy in one plain loop."""
+    k = cfg.runtime.envs_per_actor
+    envs = [make_env(cfg.env, cfg.distraction, seed=1000 + j) for j in range(k)]
+    try:
+        dim = envs[0].act_space.shape[0]
+        policy = Policy(cfg, dim, k)
+        policy.load_weights(*weights)
+        obs = [env.reset() for env in envs]
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            actions = policy({"image": np.stack([o["image"] for o in obs]),
+                              "is_first": np.array([o["is_first"] for o in obs])})
+            for j, env in enumerate(envs):
+                before = env.episode_env_steps
+                obs[j] = env.step(actions[j])
+                steps += env.episode_env_steps - before
+                if obs[j]["is_last"]:
+                    obs[j] = env.reset()
+        return steps / (time.perf_counter() - start)
+    finally:
+        for env in envs:
+            env.close()
+
+
+def _actors_rate(cluster, control: RunControl, n: int, warmup: float, seconds: float) -> float:
+    cluster.scale(n)
+    time.sleep(warmup)  # let new actors build envs and reach steady state (a measurement window)
+    before, start = control.counters()["env_steps"], time.perf_counter()
+    time.sleep(seconds)  # the measurement window itself
+    return (control.counters()["env_steps"] - before) / (time.perf_counter() - start)
+
+
+def bench_actors(cfg: Config, *, seconds: float = 20.0, warmup: float = 8.0, json_path=None,
+                 progress=print) -> dict[str, Any]:
+    import ray
+
+    from diswm.runtime.cluster import Cluster
+    from learner.learner import Learner
+
+    cfg = replace(cfg, train={"prefill": 0}, replay={"rate_limit": False,
+                                                       "namespace": f"bench-{uuid.uuid4().hex[:6]}"},
+                  runtime={"actors": 0})
+    with make_env(cfg.env, cfg.distraction, seed=0) as env:
+        action_dim = int(env.act_space.shape[0])
+    learner = Learner(cfg, action_dim, device="cpu")
+    weights = learner.get_weights("policy")
+    progress(f"baseline: {cfg.runtime.envs_per_actor} env(s) + policy in a plain loop, "
+             f"{seconds:.0f}s")
+    base_before = _plain_loop(cfg, weights, seconds)
+    with tempfile.TemporaryDirectory(prefix="diswm-bench-actors-") as tmp:
+        cluster = Cluster.create(cfg, tmp, num_cpus=4)
+        try:
+            client = connect(cluster.spec.host, cluster.spec.port, cluster.spec.password)
+            store = WeightStore(client, cluster.namespace)
+            publish = [store.publish(*weights)[1] for _ in range(5)]
+            nbytes = len(client.get(f"diswm:{cluster.namespace}:weights"))
+            fetch = []
+            for _ in range(5):
+                start = time.perf_counter()
+                Policy(cfg, action_dim, 1).load_weights(*store.fetch())
+                fetch.append(time.perf_counter() - start)
+            control = RunControl(client, cluster.namespace)
+            progress(f"1 actor, {seconds:.0f}s")
+            one = _actors_rate(cluster, control, 1, warmup, seconds)
+            progress(f"2 actors, {seconds:.0f}s")
+            two = _actors_rate(cluster, control, 2, warmup, seconds)
+        finally:
+            cluster.shutdown()
+            if ray.is_initialized():
+                ray.shutdown()
+    progress(f"baseline again, {seconds:.0f}s")
+    base_after = _plain_loop(cfg, weights, seconds)
+    baseline = (base_before + base_after) / 2
+    return write_report(json_path, {
+        "bench": "actors", "task": cfg.env.task, "render_quality": cfg.env.render_quality,
+        "envs_per_actor": cfg.runtime.envs_per_actor, "seconds_per_case": seconds,
+        "baseline": "plain loop: the same envs and policy in one process, mean of before/after",
+        "env_steps_per_s": {"plain_loop_before": base_before, "plain_loop_after": base_after,
+                            "one_actor": one, "two_actors": two},
+        "actor_efficiency_vs_raw_env": one / baseline,
+        "scaling_2_vs_1": two / one,
+        "weight_bytes": nbytes,
+        "weight_publish_seconds": float(np.median(publish)),
+        "weight_fetch_seconds": float(np.median(fetch)),
+    })
