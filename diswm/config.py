@@ -205,6 +205,7 @@ class RuntimeConfig:
     actors: int = field(default=4, metadata=_range(ge=0))
     envs_per_actor: int = field(default=1, metadata=_range(ge=1))
     learner_gpus: float = field(default=1.0, metadata=_range(ge=0.0))  # fractional GPUs share a card
+    learner_cpus: int = field(default=2, metadata=_range(ge=1))  # torch threads of the learner
     ray_address: str = ""  # "" starts a local Ray
     # Address every process serves /metrics on (a free port each); set a reachable address on
     # multi-machine clusters so one Prometheus can scrape them all.

@@ -24,9 +24,12 @@ log = logging.getLogger(__name__)
 class LearnerActor:
     def __init__(self, cfg_dict: dict, spec: ReplaySpec, run_dir: str, action_dim: int,
                  host: str = "127.0.0.1"):
+        import torch
+
         from learner.service import LearnerService
 
         self.cfg = build_config(cfg_dict)
+        torch.set_num_threads(self.cfg.runtime.learner_cpus)  # Ray sets OMP threads to num_cpus
         self.run_dir = Path(run_dir)
         self.lines: list[str] = []
         self.service = LearnerService(self.cfg, spec, self.run_dir, action_dim,

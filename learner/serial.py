@@ -88,6 +88,18 @@ def plot_curve(evals: list[dict], path: Path, title: str, switch_at: float | Non
     plt.close(fig)
 
 
+def write_summary(run_dir: Path, cfg: Config, evals: list[dict], **fields: Any) -> dict[str, Any]:
+    """metrics.json (the evaluations and `fields`) and curve.png of a training run folder."""
+    summary = {"task": cfg.env.task, **fields, "evaluations": evals,
+               "final_return": evals[-1]["return_mean"] if evals else None}
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if evals:
+        switch = (cfg.distraction.switch_at * cfg.train.steps
+                  if cfg.distraction.enabled and cfg.distraction.switch_at < 1 else None)
+        plot_curve(evals, run_dir / "curve.png", cfg.env.task, switch)
+    return summary
+
+
 class SerialRunner:
     def __init__(self, cfg: Config, run_dir: str | Path, *, resume: bool = False,
                  progress: Callable[[str], None] = print, log_every: int = 10):
@@ -207,14 +219,6 @@ class SerialRunner:
         self.learner.save(self.run_dir / CHECKPOINT, extra={"counters": dict(c)})
 
     def _write_summary(self, wall: float | None) -> dict[str, Any]:
-        cfg = self.cfg
-        summary = {"task": cfg.env.task, "counters": dict(self.counters),
-                   "updates": self.learner.updates, "evaluations": self.evals,
-                   "final_return": self.evals[-1]["return_mean"] if self.evals else None,
-                   "wall_seconds": wall, "teacher": bool(self.learner.teacher is not None)}
-        (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if self.evals:
-            switch = (cfg.distraction.switch_at * cfg.train.steps
-                      if cfg.distraction.enabled and cfg.distraction.switch_at < 1 else None)
-            plot_curve(self.evals, self.run_dir / "curve.png", cfg.env.task, switch)
-        return summary
+        return write_summary(self.run_dir, self.cfg, self.evals, counters=dict(self.counters),
+                             updates=self.learner.updates, wall_seconds=wall,
+                             teacher=bool(self.learner.teacher is not None))

@@ -26,7 +26,7 @@ from diswm import metrics
 from diswm.broadcast import RunControl, WeightStore
 from diswm.config import Config
 from learner.learner import Learner
-from learner.serial import CHECKPOINT, append_csv, evaluate, plot_curve
+from learner.serial import CHECKPOINT, append_csv, evaluate, write_summary
 from replay_service.client import Prefetcher, ReplaySampler, ReplaySpec
 
 
@@ -174,20 +174,12 @@ class LearnerService:
         return self.write_summary()
 
     def write_summary(self) -> dict[str, Any]:
-        cfg = self.cfg
-        summary = {"task": cfg.env.task, "namespace": self.spec.namespace,
-                   "updates": self.learner.updates, "policy_version": self.learner.version,
-                   "scheme": self.learner.scheme, "counters": self.control.counters(),
-                   "replay": self.sampler.stats(), "evaluations": self.evals,
-                   "final_return": self.evals[-1]["return_mean"] if self.evals else None,
-                   "teacher": self.learner.teacher is not None,
-                   "wall_seconds": time.perf_counter() - self.started}
-        (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if self.evals:
-            switch = (cfg.distraction.switch_at * cfg.train.steps
-                      if cfg.distraction.enabled and cfg.distraction.switch_at < 1 else None)
-            plot_curve(self.evals, self.run_dir / "curve.png", cfg.env.task, switch)
-        return summary
+        return write_summary(
+            self.run_dir, self.cfg, self.evals, namespace=self.spec.namespace,
+            updates=self.learner.updates, policy_version=self.learner.version,
+            scheme=self.learner.scheme, counters=self.control.counters(),
+            replay=self.sampler.stats(), teacher=self.learner.teacher is not None,
+            wall_seconds=time.perf_counter() - self.started)
 
     def stats(self) -> dict[str, Any]:
         return {"updates": self.learner.updates, "version": self.learner.version,

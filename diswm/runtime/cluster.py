@@ -129,7 +129,8 @@ class Cluster:
         from learner.ray_learner import LearnerActor
 
         gpus = self.cfg.runtime.learner_gpus if _cluster_gpus() > 0 else 0
-        opts = self._options("learner") | {"num_gpus": gpus, "num_cpus": 1}
+        opts = self._options("learner") | {"num_gpus": gpus,
+                                           "num_cpus": self.cfg.runtime.learner_cpus}
         handle = ray.remote(LearnerActor).options(**opts).remote(
             self.cfg.to_dict(), self.spec, str(self.run_dir), action_dim,
             self.cfg.runtime.metrics_host)
@@ -261,8 +262,9 @@ class Cluster:
 
 
 def ray_cpus(cfg: Config) -> int:
-    """Logical CPUs for Ray's scheduler: one per actor and the learner, at least the machine's."""
-    return max(os.cpu_count() or 1, cfg.runtime.actors + 2)
+    """Logical CPUs for Ray's scheduler: one per actor plus the learner's, at least the machine's
+    (actors mostly wait on rendering or the rate limiter, so this oversubscribes on purpose)."""
+    return max(os.cpu_count() or 1, cfg.runtime.actors + cfg.runtime.learner_cpus + 1)
 
 
 def _ray_env() -> dict[str, str]:
