@@ -65,8 +65,8 @@ class EnvActor:
             self._ready.set()
         try:
             while not self._stop.is_set():
-                if self.worker.steps % 50 == 0 and self.worker.control.get("done") == "1":
-                    break
+                if self.worker.steps % 50 == 0 and self.worker.budget_spent():
+                    break  # the run has its env steps: store what is open and stop stepping
                 self.worker.step()
         except Exception:  # noqa: BLE001 - a dead loop must not look like a live actor
             log.error("%s crashed:\n%s", self.name, traceback.format_exc())
@@ -84,6 +84,8 @@ class EnvActor:
     def stop(self) -> dict[str, Any]:
         """Stop stepping; the loop flushes partial episodes into the replay (nothing is lost)."""
         self._stop.set()
+        if self.worker is not None:
+            self.worker.stopping.set()  # an insert blocked by the rate limiter gives way
         self._thread.join(timeout=120)
         return self.stats()
 

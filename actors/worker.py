@@ -12,6 +12,7 @@ has `train.prefill` agent steps the actions are uniform random (DreamerV2's pref
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Any
@@ -38,7 +39,8 @@ class ActorWorker:
         self.streams = [f"actor{index}/env{j}/{self.incarnation}" for j in range(k)]
         self.action_dim = int(self.envs[0].act_space.shape[0])
         self.policy = Policy(cfg, self.action_dim, k, mode="explore")
-        self.writer = ReplayWriter(spec)
+        self.stopping = threading.Event()  # set by the shell: blocked inserts give way
+        self.writer = ReplayWriter(spec, interrupt=self._interrupted)
         self.weights = WeightStore(self.writer.client, spec.namespace)
         self.control = RunControl(self.writer.client, spec.namespace)
         self.rng = np.random.default_rng([cfg.train.seed, index, int(self.incarnation, 16)])
@@ -128,6 +130,14 @@ class ActorWorker:
         self._m["step"].observe(time.perf_counter() - start)
         return env_steps
 
+    def _interrupted(self) -> bool:
+        return self.stopping.is_set() or self.budget_spent()
+
+    def budget_spent(self) -> bool:
+        """True once the whole run has its `train.steps` env steps (or the learner said done)."""
+        return (self.control.counters()["env_steps"] >= self.cfg.train.steps
+                or self.control.get("done") == "1")
+
     def stats(self) -> dict[str, Any]:
         return {"actor": self.index, "incarnation": self.incarnation, "steps": self.steps,
                 "env_steps": self.env_steps, "episodes": self.episodes,
@@ -137,7 +147,7 @@ class ActorWorker:
     def close(self) -> None:
         """Store partial episodes and release the envs."""
         try:
-            self.writer.flush()
+            self.writer.flush(force=True)
         finally:
             for env in self.envs:
                 env.close()

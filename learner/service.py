@@ -128,13 +128,19 @@ class LearnerService:
         prefetcher = Prefetcher(self.sampler, cfg.train.batch_size, cfg.train.batch_length,
                                 depth=max(cfg.replay.prefetch, 1), patient=True)
         last_log, initial_done = time.perf_counter(), self.learner.updates > 0
+        idle_since = 0.0
         try:
             while not stop.is_set():
                 counters = self.control.counters()
                 env_steps = counters["env_steps"]
                 self._m["env_steps"].set(env_steps)
                 if env_steps >= cfg.train.steps:
-                    break
+                    # The actors stop; finish the updates this much data is owed at the train
+                    # ratio (they ran ahead by up to replay.tolerance), then stop.
+                    if self.learner.updates >= self.owed_updates(counters["agent_steps"]):
+                        break
+                    if idle_since and time.perf_counter() - idle_since > 30:
+                        break  # the limiter allows no more samples: nothing left to train on
                 self._maybe_switch(env_steps)
                 if env_steps >= self.next["eval"] and self.learner.updates:
                     self.evaluate(env_steps)
@@ -142,7 +148,9 @@ class LearnerService:
                     self.checkpoint(env_steps)
                 batch = prefetcher.get(timeout=0.5)
                 if batch is None:
+                    idle_since = idle_since or time.perf_counter()
                     continue  # the limiter holds us back; look at the stop flag and counters
+                idle_since = 0.0
                 repeats = 1 if initial_done else max(cfg.train.pretrain_updates, 1)
                 for _ in range(repeats):
                     self.last_metrics = self.train_on(batch, counters["agent_steps"])
@@ -155,6 +163,12 @@ class LearnerService:
         finally:
             prefetcher.close()
         return self.finish()
+
+    def owed_updates(self, agent_steps: int) -> int:
+        """Updates the train ratio asks for after `agent_steps`: the initial ones, then one per
+        `train.train_every` agent steps past the prefill."""
+        t = self.cfg.train
+        return t.pretrain_updates + max(agent_steps - t.prefill, 0) // t.train_every
 
     def status_line(self, env_steps: int | None = None) -> str:
         env_steps = self.env_steps() if env_steps is None else env_steps

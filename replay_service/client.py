@@ -29,7 +29,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -168,10 +168,13 @@ def read_meta(client: redis.Redis, spec: ReplaySpec) -> dict[str, int]:
 class ReplayWriter:
     """Actor side: cuts each stream's steps into chunks and stores them through the limiter."""
 
-    def __init__(self, spec: ReplaySpec):
+    def __init__(self, spec: ReplaySpec, interrupt: Callable[[], bool] | None = None):
+        """`interrupt()` (polled while the limiter blocks an insert) returning True stores the
+        chunk past the limiter at once: a stopping actor must not wait, nor lose data."""
         self.spec = spec
         self.client = connect(spec)
         self._insert = self.client.register_script(_INSERT_LUA)
+        self._interrupt = interrupt or (lambda: False)
         self._builders: dict[str, ChunkBuilder] = {}
         self._schema_checked: Schema | None = None
         _, self._max_diff = spec.limits
@@ -196,13 +199,14 @@ class ReplayWriter:
             self.insert_chunk(chunk)
         return len(chunks)
 
-    def flush(self) -> int:
-        """Store every stream's open chunk now (on shutdown: nothing is left behind)."""
+    def flush(self, force: bool = False) -> int:
+        """Store every stream's open chunk now (on shutdown: nothing is left behind);
+        `force` stores past the rate limiter."""
         stored = 0
         for builder in self._builders.values():
             chunk = builder.flush()
             if chunk is not None:
-                self.insert_chunk(chunk)
+                self.insert_chunk(chunk, force=force)
                 stored += 1
         return stored
 
@@ -212,7 +216,7 @@ class ReplayWriter:
         if builder is not None and (chunk := builder.flush()) is not None:
             self.insert_chunk(chunk)
 
-    def insert_chunk(self, chunk: Chunk) -> None:
+    def insert_chunk(self, chunk: Chunk, force: bool = False) -> None:
         self._check_schema(chunk)
         record = encode(chunk.data, self.spec.compression)
         raw_nbytes = sum(v.nbytes for v in chunk.data.values())
@@ -222,9 +226,14 @@ class ReplayWriter:
         keys = [self.spec.prefix + "meta", self.spec.prefix + "log"]
         backoff = _Backoff(self.spec.wait_timeout)
         while True:
+            if force:
+                args[6] = "0"  # samples per insert 0: the limiter does not apply
             result = self._insert(keys=keys, args=args)
             if int(result[0]) == 1:
                 break
+            force = self._interrupt()
+            if force:
+                continue
             backoff.wait_or_raise(
                 f"insert into replay {self.spec.namespace!r} waited {self.spec.wait_timeout:.0f}s "
                 "on the rate limiter: the learner is not sampling (stopped or too slow?)")
@@ -250,7 +259,7 @@ class ReplayWriter:
         self._schema_checked = schema
 
     def close(self) -> None:
-        self.flush()
+        self.flush(force=True)
         self.client.close()
 
 

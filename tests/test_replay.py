@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import threading
+import time
 import uuid
 
 import numpy as np
@@ -394,3 +395,19 @@ def test_spec_from_config():
     off = ReplaySpec.from_config(load_config(["debug"], ["replay.rate_limit=false"]), port=1,
                                  password="p")
     assert off.samples_per_insert == 0.0
+
+
+def test_interrupted_insert_stores_past_the_limiter(server):
+    """A stopping actor blocked by the limiter stores its chunk at once instead of waiting."""
+    stop = threading.Event()
+    spec = spec_for(server, samples_per_insert=1.0, min_size=8, tolerance=8, wait_timeout=30.0)
+    writer = ReplayWriter(spec, interrupt=stop.is_set)
+    steps = list(episodes(0, [100], 0))
+    timer = threading.Timer(0.3, stop.set)
+    timer.start()
+    start = time.monotonic()
+    for step in steps:  # blocks on the limiter until `stop` is set, then goes straight through
+        writer.add("a", step)
+    writer.close()
+    assert time.monotonic() - start < 10
+    assert read_meta(server.client(), spec)["inserts"] == 100  # nothing lost
