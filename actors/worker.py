@@ -5,8 +5,9 @@
         worker.step()          # one batched policy call, one step of every env, steps -> replay
     worker.close()             # flushes partial episodes into the replay
 
-Every `sync_every` steps the worker polls the run's control plane: a newer policy version is
-fetched and loaded, and a changed colour scheme is applied to every env at once. Until the run
+Every `sync_every` steps the worker reports its step counts to the run's control plane and
+polls it: a newer policy version is fetched and loaded, and a changed colour scheme is applied
+to every env at once. Until the run
 has `train.prefill` agent steps the actions are uniform random (DreamerV2's prefill).
 """
 
@@ -51,6 +52,7 @@ class ActorWorker:
         self.env_steps = 0
         self.episodes = 0
         self._prefill_done = False
+        self._unreported = [0, 0, 0]  # env steps, agent steps, episodes not yet in Redis
         label = str(index)
         self._m = {
             "env_steps": metrics.ACTOR_ENV_STEPS.labels(label),
@@ -70,8 +72,15 @@ class ActorWorker:
             self._store(j, obs, self.prev_actions[j])
 
     # -- control plane -----------------------------------------------------------------------
+    def report(self) -> None:
+        """Add this actor's steps since the last report to the run's global counters."""
+        env_steps, agent_steps, episodes = self._unreported
+        self.control.add(env_steps=env_steps, agent_steps=agent_steps, episodes=episodes)
+        self._unreported = [0, 0, 0]
+
     def sync(self) -> None:
-        """Pull newer weights and the current colour scheme."""
+        """Report counts; pull newer weights and the current colour scheme."""
+        self.report()
         latest = self.weights.version()
         if latest > self.policy.version:
             start = time.perf_counter()
@@ -122,7 +131,9 @@ class ActorWorker:
         self.steps += 1
         self.env_steps += env_steps
         self.episodes += episodes
-        self.control.add(env_steps=env_steps, agent_steps=k, episodes=episodes)
+        self._unreported[0] += env_steps
+        self._unreported[1] += k
+        self._unreported[2] += episodes
         self._m["env_steps"].inc(env_steps)
         self._m["agent_steps"].inc(k)
         if episodes:
@@ -148,6 +159,7 @@ class ActorWorker:
         """Store partial episodes and release the envs."""
         try:
             self.writer.flush(force=True)
+            self.report()
         finally:
             for env in self.envs:
                 env.close()

@@ -68,7 +68,8 @@ def bench_actors(cfg: Config, *, seconds: float = 20.0, warmup: float = 8.0, jso
     from diswm.runtime.cluster import Cluster
     from learner.learner import Learner
 
-    cfg = replace(cfg, train={"prefill": 0}, replay={"rate_limit": False,
+    cfg = replace(cfg, train={"prefill": 0, "steps": 10**12},  # no budget to run out of
+                  replay={"rate_limit": False,
                                                        "namespace": f"bench-{uuid.uuid4().hex[:6]}"},
                   runtime={"actors": 0})
     with make_env(cfg.env, cfg.distraction, seed=0) as env:

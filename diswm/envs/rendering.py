@@ -24,6 +24,11 @@ def configure_gl() -> str:
     if "mujoco" in sys.modules and "MUJOCO_GL" not in os.environ:
         return "default"  # too late to choose; MuJoCo picked its own
     backend = os.environ.setdefault("MUJOCO_GL", "egl")
+    # Mesa's software rasteriser (llvmpipe) spreads each draw over a thread per core; at 64x64
+    # that costs more than it gains (measured here: 622 vs 556 renders/s with 0 vs 2 threads),
+    # and with one actor process per core the extra threads only fight each other. GPU drivers
+    # ignore the variable.
+    os.environ.setdefault("LP_NUM_THREADS", "0")
     if backend == "osmesa":
         os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
     elif backend == "egl":
