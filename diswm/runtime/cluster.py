@@ -54,10 +54,12 @@ class Cluster:
     def create(cls, cfg: Config, run_dir: str | Path, *, detached: bool = False,
                num_cpus: int | None = None) -> Cluster:
         """Start (or reach) Redis and Ray for a run whose config is saved in `run_dir`."""
-        import ray
-
         run_dir = Path(run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
+        if detached and not cfg.runtime.ray_address:
+            use_ray_token(run_dir, create=True)  # before Ray is imported: it reads it once
+        import ray
+
         redis_server = None
         if cfg.replay.port:  # an existing Redis (multi-machine): do not start one
             password = cfg.replay.password or read_or_create_password(run_dir / "redis.password")
@@ -87,14 +89,15 @@ class Cluster:
     @classmethod
     def attach(cls, run_dir: str | Path) -> Cluster:
         """Reach a cluster started by `diswm cluster up` from its run folder."""
-        import ray
-
         run_dir = Path(run_dir).resolve()
         state_path = run_dir / STATE_FILE
         if not state_path.exists():
             raise FileNotFoundError(f"no cluster state at {state_path}; start one with "
                                     "`make cluster-up` (diswm cluster up)")
         state = json.loads(state_path.read_text())
+        use_ray_token(run_dir)  # before Ray is imported: it reads the token once
+        import ray
+
         cfg = build_config(state["config"])
         spec = ReplaySpec(**state["spec"])
         if not ray.is_initialized():
@@ -243,7 +246,7 @@ class Cluster:
             pass
         if stop_ray if stop_ray is not None else self.detached:
             ray.shutdown()
-            subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120,
+            subprocess.run([_ray_cli(), "stop", "--force"], capture_output=True, timeout=120,
                            env=_ray_env())
         else:
             ray.shutdown()
@@ -267,21 +270,54 @@ def ray_cpus(cfg: Config) -> int:
     return max(os.cpu_count() or 1, cfg.runtime.actors + cfg.runtime.learner_cpus + 1)
 
 
+def _ray_cli() -> str:
+    """The `ray` command of this interpreter's environment (the venv need not be on PATH)."""
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).parent / "ray"
+    found = str(beside) if beside.exists() else shutil.which("ray")
+    if not found:
+        raise FileNotFoundError("the `ray` command is missing; `make install` installs ray")
+    return found
+
+
 def _ray_env() -> dict[str, str]:
     return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+def use_ray_token(run_dir: Path, create: bool = False) -> Path:
+    """Ray's token authentication (on by default for `ray start` since Ray 2.59) with the run's
+    own token: ``<run_dir>/ray.token`` (mode 0600), for this process and what it starts. Ray
+    reads the token when it is first imported, so call this before."""
+    import secrets
+
+    path = Path(run_dir) / "ray.token"
+    if create and not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    if path.exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(path.resolve())
+    return path
+
+
 def start_ray_head(run_dir: Path, num_cpus: int) -> str:
-    """`ray start --head` on loopback; returns the cluster address."""
+    """`ray start --head` on this machine; returns the cluster address Ray advertises."""
     from replay_service.server import free_port
 
+    use_ray_token(run_dir, create=True)
     port = free_port()
-    cmd = ["ray", "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}",
-           "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats"]
+    cmd = [_ray_cli(), "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}",
+           "--include-dashboard=false", "--disable-usage-stats"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=_ray_env())
     if result.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{result.stdout}\n{result.stderr}")
     (run_dir / "ray-head.log").write_text(result.stdout + result.stderr)
+    for line in result.stdout.splitlines():  # Ray advertises the node's own IP
+        if "ray start --address=" in line:
+            return line.split("--address=", 1)[1].strip().strip("'\"").split("'")[0]
     return f"127.0.0.1:{port}"
 
 

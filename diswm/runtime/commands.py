@@ -97,15 +97,24 @@ def cmd_cluster_down(args: argparse.Namespace, cfg) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace, cfg) -> int:
+    import signal
+
     from diswm.runtime.monitor import start_prometheus, wait_ready
 
     proc = start_prometheus(args.run_dir, args.port)
+
+    def stop(*_):
+        raise KeyboardInterrupt  # SIGTERM (make, timeout, systemd) stops Prometheus too
+
+    signal.signal(signal.SIGTERM, stop)
     wait_ready(args.port)
     _err(f"Prometheus on http://127.0.0.1:{args.port} scraping {args.run_dir} "
          "(Ctrl-C to stop); try: sum(rate(diswm_actor_env_steps_total[1m]))")
     try:
         proc.wait()
     except KeyboardInterrupt:
+        pass
+    finally:
         proc.terminate()
         proc.wait(timeout=30)
     return 0
