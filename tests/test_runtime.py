@@ -190,3 +190,36 @@ def test_actor_worker_matches_a_plain_env_loop(tmp_path):
         with make_env(cfg.env, cfg.distraction, seed=seed) as env:
             np.testing.assert_array_equal(env.reset()["image"], worker.obs[0]["image"])
         worker.close()
+
+
+@pytest.mark.slow
+def test_cluster_commands_on_a_ray_head(tmp_path):
+    """`diswm cluster up | scale | status | down` (the make targets) against `ray start --head`."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / "diswm")
+    run = str(tmp_path / "cluster")
+
+    def diswm(*args, timeout=300):
+        result = subprocess.run([exe, *args, "--run-dir", run], capture_output=True, text=True,
+                                timeout=timeout)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    diswm("cluster", "up", "--actors", "2", "--config", "tiny", "--set", "train.steps=1000000")
+    try:
+        assert (tmp_path / "cluster" / "ray.token").stat().st_mode & 0o077 == 0
+
+        def status():
+            return json.loads(diswm("cluster", "status", "--json").stdout)
+
+        wait_for("the cluster to train", lambda: (status()["learner"] or {}).get("updates", 0) > 0)
+        diswm("cluster", "scale", "3")
+        assert len(status()["actors"]) == 3
+    finally:
+        diswm("cluster", "down")
+    assert not (tmp_path / "cluster" / "cluster.json").exists()
+    assert (tmp_path / "cluster" / "checkpoints" / "latest.pt").exists()
