@@ -35,18 +35,13 @@ from diswm.models import (
     load_pretrained,
     make_teacher,
 )
-from diswm.models.nets import BetaVAEEncoder
+from diswm.models.nets import BetaVAEEncoder, resolve_device
 
 CHECKPOINT_FORMAT = "diswm-learner-v1"
 BATCH_KEYS = ("image", "action", "reward", "is_first", "is_terminal")
 #: Prefixes of the weights an actor's Policy needs.
 POLICY_PREFIXES = ("wm.encoder.", "wm.rssm.", "ac.actor.")
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class Learner:

@@ -34,6 +34,7 @@ import torch
 
 from diswm.config import Config
 from diswm.models.losses import combine
+from diswm.models.nets import resolve_device
 from diswm.models.video import VideoModel, video_scales
 from pretrain.dataset import VideoDataset
 
@@ -43,11 +44,6 @@ CHECKPOINT = Path("checkpoints") / "latest.pt"
 TEACHER = "teacher.pt"
 COLUMNS = ("update", "loss", "image", "kl", "beta", "kl_value", "z_std", "grad_norm", "seconds")
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:

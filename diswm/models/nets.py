@@ -119,3 +119,10 @@ class ImageDecoder(nn.Module):
             h = h.contiguous(memory_format=torch.channels_last)
         mean_NCHW = self.deconvs(h)
         return mean_NCHW.permute(0, 2, 3, 1).reshape(*lead, *mean_NCHW.shape[-2:], 3)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`train.device` -> a torch device ("auto": CUDA when present, else CPU)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
