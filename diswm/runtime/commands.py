@@ -120,6 +120,34 @@ def cmd_monitor(args: argparse.Namespace, cfg) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace, cfg) -> int:
+    from diswm.runtime.experiment import METHODS, run_experiment
+
+    if args.baselines is None:
+        methods = ["diswm"]
+    else:
+        methods = ["diswm"] + (args.baselines or [m for m in METHODS if m != "diswm"])
+    out = args.out or f"runs/experiments/{args.transfer}-{args.budget}"
+    run_experiment(args.transfer, methods=methods, seeds=args.seeds, budget=args.budget,
+                   out=out, overrides=args.overrides, extra_presets=args.config, progress=_err)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, cfg) -> int:
+    from diswm.report import report
+
+    runs = [Path(r) for r in args.runs]
+    expanded = []
+    for run in runs:  # a folder of runs (an experiment's runs/) counts as all of them
+        expanded += ([run] if (run / "eval.csv").exists()
+                     else sorted(p.parent for p in run.glob("*/eval.csv")))
+    result = report(expanded, args.out)
+    print(result["table"], end="")
+    _err(f"wrote {args.out}/results.md, aggregate.csv and " + ", ".join(
+        Path(p).name for p in result["plots"]))
+    return 0
+
+
 def add_commands(sub, add_config_args, load_config) -> None:
     """Register the runtime's subcommands on the main parser's subparsers.
 
@@ -160,6 +188,27 @@ def add_commands(sub, add_config_args, load_config) -> None:
     p = csub.add_parser("down", help="flush actors, checkpoint the learner, stop everything")
     p.add_argument("--run-dir", default=DEFAULT_CLUSTER_DIR)
     p.set_defaults(func=without_config(cmd_cluster_down))
+
+    p = sub.add_parser("experiment", help="a transfer task: collect, pretrain, train methods x "
+                                          "seeds on the runtime, report")
+    p.add_argument("transfer", help="a transfer preset, e.g. cheetah_run_to_walker_walk")
+    p.add_argument("--baselines", nargs="*", default=None, metavar="METHOD",
+                   help="also run baselines: dreamerv2 dv2_finetune no_distill no_beta "
+                        "(no names: all of them)")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--budget", choices=("cpu", "paper"), default="cpu",
+                   help="cpu: quickstart sizes (~9 min a run here); paper: 1M env steps (GPU)")
+    p.add_argument("--out", default=None, help="default runs/experiments/TRANSFER-BUDGET")
+    p.add_argument("--config", nargs="+", default=[], metavar="PRESET",
+                   help="extra presets applied after the budget's")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   dest="overrides")
+    p.set_defaults(func=without_config(cmd_experiment))
+
+    p = sub.add_parser("report", help="aggregate runs over seeds: curves, CSV, markdown table")
+    p.add_argument("runs", nargs="+", help="run folders, or folders of run folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=without_config(cmd_report))
 
     p = sub.add_parser("monitor", help="a Prometheus server scraping a run (Debian's prometheus)")
     p.add_argument("--run-dir", default=DEFAULT_CLUSTER_DIR)

@@ -1,0 +1,150 @@
+"""`diswm report RUNS...`: aggregate evaluation CSVs over seeds, plot, and tabulate vs the paper.
+
+Each run folder holds ``config.yaml`` and ``eval.csv`` (env_steps, return_mean, ...) and, when an
+experiment made it, ``experiment.json`` ({"transfer", "method", "seed"}). Runs are grouped by
+(task, method); evaluations are aligned on the eval schedule (env steps rounded to the nearest
+multiple of ``train.eval_every``); each point is the mean over seeds with a 95% Student-t band.
+Reference points from the paper (``diswm/configs/anchor_scores.yaml``) are drawn beside them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+
+def anchor_scores() -> dict[str, Any]:
+    text = resources.files("diswm.configs").joinpath("anchor_scores.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """(mean, half-width of the 95% Student-t interval); half-width 0 for a single value."""
+    n = len(values)
+    mean = float(np.mean(values))
+    if n < 2:
+        return mean, 0.0
+    from scipy import stats
+
+    sem = float(np.std(values, ddof=1)) / math.sqrt(n)
+    return mean, float(stats.t.ppf(0.975, n - 1)) * sem
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    meta_path = run_dir / "experiment.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    eval_path = run_dir / "eval.csv"
+    if not eval_path.exists():
+        raise FileNotFoundError(f"{run_dir}: no eval.csv (did the run evaluate?)")
+    with eval_path.open() as f:
+        rows = [{"env_steps": int(r["env_steps"]), "return": float(r["return_mean"])}
+                for r in csv.DictReader(f)]
+    every = int(cfg["train"]["eval_every"])
+    return {"dir": str(run_dir), "task": cfg["env"]["task"],
+            "method": meta.get("method", "run"), "seed": meta.get("seed", cfg["train"]["seed"]),
+            "transfer": meta.get("transfer"), "eval_every": every, "rows": rows}
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, float]]]:
+    """(task, method) -> [{env_steps, mean, ci, n}] over seeds, on the eval schedule."""
+    grouped: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        every = run["eval_every"]
+        per_step: dict[int, float] = {}
+        for row in run["rows"]:
+            per_step[int(round(row["env_steps"] / every)) * every] = row["return"]
+        for step, value in per_step.items():
+            grouped[(run["task"], run["method"])][step].append(value)
+    out = {}
+    for key, steps in grouped.items():
+        points = []
+        for step in sorted(steps):
+            mean, ci = t_interval(steps[step])
+            points.append({"env_steps": step, "mean": mean, "ci": ci, "n": len(steps[step])})
+        out[key] = points
+    return out
+
+
+def _reference(transfer: str | None) -> dict[str, dict[str, float]]:
+    if not transfer:
+        return {}
+    return anchor_scores().get("transfers", {}).get(transfer, {})
+
+
+def plot(agg, runs, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    transfers = {r["task"]: r["transfer"] for r in runs}
+    paths = []
+    for task in sorted({t for t, _ in agg}):
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for (t, method), points in sorted(agg.items()):
+            if t != task:
+                continue
+            xs = np.array([p["env_steps"] for p in points])
+            ys = np.array([p["mean"] for p in points])
+            ci = np.array([p["ci"] for p in points])
+            n = max(p["n"] for p in points)
+            line, = ax.plot(xs, ys, marker="o", label=f"{method} (n={n})")
+            ax.fill_between(xs, ys - ci, ys + ci, alpha=0.2, color=line.get_color())
+        for method, marks in _reference(transfers.get(task)).items():
+            steps = sorted(marks)
+            ax.scatter(steps, [marks[s] for s in steps], marker="*", s=80,
+                       label=f"paper {method}")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("eval episode return")
+        ax.set_title(f"{transfers.get(task) or task}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"{task.replace(':', '_')}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def table(agg, runs) -> str:
+    transfers = {r["task"]: r["transfer"] for r in runs}
+    lines = ["| task | method | seeds | env steps | final return (mean ± 95% CI) | paper at 0.5M / 1M |",
+             "|---|---|---|---|---|---|"]
+    for (task, method), points in sorted(agg.items()):
+        last = points[-1]
+        ref = _reference(transfers.get(task)).get(method, {})
+        paper = " / ".join(f"{ref[s]:g}" for s in sorted(ref)) if ref else "–"
+        lines.append(f"| {transfers.get(task) or task} | {method} | {last['n']} | "
+                     f"{last['env_steps']} | {last['mean']:.1f} ± {last['ci']:.1f} | {paper} |")
+    return "\n".join(lines) + "\n"
+
+
+def report(run_dirs: list[str | Path], out: str | Path) -> dict[str, Any]:
+    if not run_dirs:
+        raise ValueError("no run folders given")
+    runs = [load_run(d) for d in run_dirs]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    agg = aggregate(runs)
+    plots = plot(agg, runs, out)
+    text = table(agg, runs)
+    (out / "results.md").write_text(text)
+    with (out / "aggregate.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["task", "method", "env_steps", "mean", "ci95", "n"])
+        for (task, method), points in sorted(agg.items()):
+            for p in points:
+                writer.writerow([task, method, p["env_steps"], f"{p['mean']:.4f}",
+                                 f"{p['ci']:.4f}", p["n"]])
+    return {"runs": len(runs), "plots": [str(p) for p in plots], "table": text,
+            "aggregate": {f"{t}|{m}": pts for (t, m), pts in agg.items()}}

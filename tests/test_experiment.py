@@ -1,0 +1,114 @@
+"""Experiments and reports: aggregates against a plain computation, presets, a tiny end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from diswm.config import load_config
+from diswm.report import aggregate, load_run, report
+from diswm.runtime.experiment import BUDGETS, METHODS, TRANSFERS
+
+
+def fake_run(root, name, task, method, seed, transfer, returns, every=100, jitter=0):
+    run = root / name
+    run.mkdir(parents=True)
+    cfg = load_config(["tiny"], [f"env.task={task}", f"train.eval_every={every}"])
+    cfg.save(run / "config.yaml")
+    (run / "experiment.json").write_text(json.dumps(
+        {"transfer": transfer, "method": method, "seed": seed}))
+    with (run / "eval.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["env_steps", "updates", "scheme", "return_mean", "return_min", "return_max",
+                    "episodes"])
+        for i, value in enumerate(returns):
+            w.writerow([i * every + jitter, i, "A", value, value, value, 1])
+    return run
+
+
+def test_report_aggregates_seeds_like_a_plain_computation(tmp_path):
+    rng = np.random.default_rng(0)
+    values = {(m, s): rng.normal(100 if m == "diswm" else 50, 10, size=4)
+              for m in ("diswm", "dreamerv2") for s in range(3)}
+    runs = [fake_run(tmp_path, f"{m}-{s}", "dmc:walker_walk", m, s,
+                     "cheetah_run_to_walker_walk", v, jitter=(s * 7) % 30)
+            for (m, s), v in values.items()]
+    agg = aggregate([load_run(r) for r in runs])
+    for method in ("diswm", "dreamerv2"):
+        points = agg[("dmc:walker_walk", method)]
+        assert [p["env_steps"] for p in points] == [0, 100, 200, 300]  # jitter aligned
+        for i, point in enumerate(points):
+            seeds = [values[(method, s)][i] for s in range(3)]
+            assert point["mean"] == pytest.approx(np.mean(seeds))
+            half = stats.t.ppf(0.975, 2) * np.std(seeds, ddof=1) / np.sqrt(3)
+            assert point["ci"] == pytest.approx(half)
+            assert point["n"] == 3
+    out = report(runs, tmp_path / "report")
+    assert (tmp_path / "report" / "dmc_walker_walk.png").stat().st_size > 1000
+    table = (tmp_path / "report" / "results.md").read_text()
+    assert "| cheetah_run_to_walker_walk | diswm | 3 | 300 |" in table
+    assert "875 / 905" in table and "720 / 855" in table  # the paper's points beside ours
+    rows = list(csv.DictReader((tmp_path / "report" / "aggregate.csv").open()))
+    assert len(rows) == 8 and out["runs"] == 6
+
+
+def test_single_seed_has_no_band(tmp_path):
+    run = fake_run(tmp_path, "a", "dmc:hopper_stand", "diswm", 0, None, [1.0, 2.0])
+    (point,) = aggregate([load_run(run)])[("dmc:hopper_stand", "diswm")][-1:]
+    assert point == {"env_steps": 100, "mean": 2.0, "ci": 0.0, "n": 1}
+
+
+def test_report_names_a_run_without_evaluations(tmp_path):
+    run = fake_run(tmp_path, "a", "dmc:hopper_stand", "diswm", 0, None, [1.0])
+    (run / "eval.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="no eval.csv"):
+        report([run], tmp_path / "out")
+
+
+@pytest.mark.parametrize("transfer", TRANSFERS)
+def test_every_transfer_resolves_for_every_budget_and_method(transfer):
+    for budget, presets in BUDGETS.items():
+        for method, extra in METHODS.items():
+            cfg = load_config([*presets, transfer, *extra])
+            assert cfg.env.task and cfg.pretrain.source_task != cfg.env.task, (budget, method)
+
+
+def test_bad_experiment_arguments_are_named(tmp_path):
+    from diswm.config import ConfigError
+    from diswm.runtime.experiment import run_experiment
+
+    with pytest.raises(ConfigError, match="unknown transfer 'nope'"):
+        run_experiment("nope", out=tmp_path)
+    with pytest.raises(ConfigError, match="unknown method 'dv3'"):
+        run_experiment("cheetah_run_to_walker_walk", methods=["dv3"], out=tmp_path)
+    with pytest.raises(ConfigError, match="unknown budget 'huge'"):
+        run_experiment("cheetah_run_to_walker_walk", budget="huge", out=tmp_path)
+
+
+def test_tiny_experiment_end_to_end(tmp_path):
+    """Collect, pretrain, DisWM and DreamerV2 on the distributed runtime, and the report."""
+    from diswm.runtime.experiment import run_experiment
+
+    summary = run_experiment(
+        "cheetah_run_to_walker_walk", methods=["diswm", "dreamerv2"], seeds=1, budget="cpu",
+        out=tmp_path / "exp", extra_presets=["tiny"],
+        overrides=["train.steps=300", "pretrain.frames=101", "pretrain.updates=2",
+                   "runtime.actors=1"], progress=lambda msg: None)
+    runs = tmp_path / "exp" / "runs"
+    assert (runs / "diswm-seed0" / "summary.json").exists()
+    assert (runs / "dreamerv2-seed0" / "summary.json").exists()
+    diswm_cfg = load_config([str(runs / "diswm-seed0" / "config.yaml")])
+    assert diswm_cfg.distill.teacher.endswith("teacher.pt")
+    assert not load_config([str(runs / "dreamerv2-seed0" / "config.yaml")]).distill.enabled
+    assert "| cheetah_run_to_walker_walk | dreamerv2 | 1 |" in summary["table"]
+    # A second call finds everything done and only reports again.
+    again = run_experiment(
+        "cheetah_run_to_walker_walk", methods=["diswm", "dreamerv2"], seeds=1, budget="cpu",
+        out=tmp_path / "exp", extra_presets=["tiny"],
+        overrides=["train.steps=300", "pretrain.frames=101", "pretrain.updates=2",
+                   "runtime.actors=1"], progress=lambda msg: None)
+    assert again["table"] == summary["table"]
