@@ -100,10 +100,20 @@ def plot(agg, runs, out: Path) -> list[Path]:
             n = max(p["n"] for p in points)
             line, = ax.plot(xs, ys, marker="o", label=f"{method} (n={n})")
             ax.fill_between(xs, ys - ci, ys + ci, alpha=0.2, color=line.get_color())
+        ours = max((p["env_steps"] for (t, _), pts in agg.items() if t == task for p in pts),
+                   default=0)
+        notes = []
         for method, marks in _reference(transfers.get(task)).items():
             steps = sorted(marks)
-            ax.scatter(steps, [marks[s] for s in steps], marker="*", s=80,
-                       label=f"paper {method}")
+            if steps[0] <= 2 * max(ours, 1):  # on the same scale as our curves: draw them
+                ax.scatter(steps, [marks[s] for s in steps], marker="*", s=80,
+                           label=f"paper {method}")
+            else:  # far beyond this budget: state them rather than squash our curves
+                notes.append(f"paper {method}: " + ", ".join(
+                    f"{marks[s]:g} at {s / 1e6:g}M" for s in steps))
+        if notes:
+            ax.text(0.02, 0.98, "\n".join(notes), transform=ax.transAxes, va="top",
+                    fontsize=8, bbox={"facecolor": "white", "alpha": 0.8})
         ax.set_xlabel("env steps")
         ax.set_ylabel("eval episode return")
         ax.set_title(f"{transfers.get(task) or task}")
