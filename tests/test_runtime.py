@@ -109,7 +109,7 @@ def test_scaling_2_to_1_to_3_keeps_everything_running(cluster):
 
 
 def test_killed_actor_comes_back_with_current_weights(cluster):
-    control = RunControl(cluster._redis(), cluster.namespace)
+    control = RunControl(cluster.redis_client(), cluster.namespace)
     restarts = control.counters()["actor_restarts"]
     old_pid = ray.get(ray.get_actor("actor-1", namespace=cluster.namespace).pid.remote())
     os.kill(old_pid, signal.SIGKILL)
@@ -123,7 +123,7 @@ def test_killed_actor_comes_back_with_current_weights(cluster):
 
     stats = wait_for("actor-1 to be restarted and stepping", back, timeout=180)
     assert control.counters()["actor_restarts"] == restarts + 1
-    published = WeightStore(cluster._redis(), cluster.namespace).version()
+    published = WeightStore(cluster.redis_client(), cluster.namespace).version()
     assert stats["policy_version"] > 0 and stats["policy_version"] <= published
 
 
@@ -131,7 +131,7 @@ def test_scheme_switches_at_the_midpoint_for_every_env(cluster):
     switch = SWITCH_AT * STEPS
     wait_for("the learner to switch to scheme B",
              lambda: learner_stats(cluster)["scheme"] == "B", timeout=240)
-    assert RunControl(cluster._redis(), cluster.namespace).counters()["env_steps"] >= switch
+    assert RunControl(cluster.redis_client(), cluster.namespace).counters()["env_steps"] >= switch
     for name in cluster.actor_names():
         wait_for(f"{name} to act in scheme B",
                  lambda n=name: actor_stats(cluster, n)["scheme"] == "B")
@@ -156,7 +156,7 @@ def test_restarted_learner_resumes_from_its_checkpoint(cluster):
     stats = wait_for("the learner to come back", back, timeout=180)
     assert stats["updates"] > 0, "the restarted learner did not resume from its checkpoint"
     assert stats["scheme"] == "B"
-    assert RunControl(cluster._redis(), cluster.namespace).counters()["learner_restarts"] == 1
+    assert RunControl(cluster.redis_client(), cluster.namespace).counters()["learner_restarts"] == 1
     updates = stats["updates"]
     wait_for("training to continue", lambda: learner_stats(cluster)["updates"] > updates)
 

@@ -25,7 +25,6 @@ from diswm.bench.common import write_report
 from diswm.broadcast import RunControl, WeightStore
 from diswm.config import Config, replace
 from diswm.envs import make_env
-from diswm.rediskit import connect
 
 
 def _plain_loop(cfg: Config, weights, seconds: float) -> float:
@@ -82,7 +81,7 @@ def bench_actors(cfg: Config, *, seconds: float = 20.0, warmup: float = 8.0, jso
     with tempfile.TemporaryDirectory(prefix="diswm-bench-actors-") as tmp:
         cluster = Cluster.create(cfg, tmp, num_cpus=4)
         try:
-            client = connect(cluster.spec.host, cluster.spec.port, cluster.spec.password)
+            client = cluster.redis_client()
             store = WeightStore(client, cluster.namespace)
             publish = [store.publish(*weights)[1] for _ in range(5)]
             nbytes = len(client.get(f"diswm:{cluster.namespace}:weights"))

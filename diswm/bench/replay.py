@@ -22,7 +22,7 @@ from diswm.bench.common import interleaved_rates, write_report
 from diswm.config import Config
 from diswm.envs import make_env
 from replay_service.buffer import SequenceBuffer
-from replay_service.client import ReplaySampler, ReplaySpec, ReplayWriter, read_meta
+from replay_service.client import ReplaySampler, ReplaySpec, ReplayWriter
 from replay_service.server import RedisServer
 
 CODECS = ("lz4", "zstd", "none")
@@ -123,7 +123,7 @@ def bench_replay(cfg: Config, *, steps: int = 6000, batches: int = 6, rounds: in
                     start = time.perf_counter()
                     next(it)
                     waits.append(time.perf_counter() - start)
-            stats = {c: main_stats(s) for c, s in samplers.items()}
+            stats = {c: s.stats() for c, s in samplers.items()}
         finally:
             server.stop()
     primary = f"redis_{codecs[0]}"
@@ -150,12 +150,6 @@ def bench_replay(cfg: Config, *, steps: int = 6000, batches: int = 6, rounds: in
         "insert_ratio_vs_inprocess": insert[primary]["median"] / insert["inprocess"]["median"],
         "sample_ratio_vs_inprocess": sample[primary]["median"] / sample["inprocess"]["median"],
     })
-
-
-def main_stats(sampler: ReplaySampler) -> dict[str, float]:
-    meta = read_meta(sampler.client, sampler.spec)
-    ratio = meta["raw_bytes"] / meta["size_bytes"] if meta["size_bytes"] else 0.0
-    return {**meta, "compression_ratio": ratio}
 
 
 def _gpu_update_stand_in(seconds: float) -> None:

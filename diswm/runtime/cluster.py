@@ -48,6 +48,7 @@ class Cluster:
         self.namespace = spec.namespace
         # Non-detached actors live only while a handle does: keep them here.
         self.handles: dict[str, Any] = {}
+        self._client = None
 
     # -- creation ------------------------------------------------------------------------------
     @classmethod
@@ -150,17 +151,20 @@ class Cluster:
     def _actor_set(self) -> str:
         return f"diswm:{self.namespace}:actors"
 
-    def _redis(self):
-        from diswm.rediskit import connect
+    def redis_client(self):
+        """One client for the cluster's bookkeeping (actor set, targets, counters)."""
+        if self._client is None:
+            from diswm.rediskit import connect
 
-        return connect(self.spec.host, self.spec.port, self.spec.password)
+            self._client = connect(self.spec.host, self.spec.port, self.spec.password)
+        return self._client
 
     def actor_names(self) -> list[str]:
         """Names of the actors this run started that Ray still knows."""
         import ray
 
         names = []
-        for raw in self._redis().smembers(self._actor_set()):
+        for raw in self.redis_client().smembers(self._actor_set()):
             name = raw.decode()
             try:
                 ray.get_actor(name, namespace=self.namespace)
@@ -177,7 +181,7 @@ class Cluster:
 
         if n < 0:
             raise ValueError(f"actor count must be >= 0, got {n}")
-        client = self._redis()
+        client = self.redis_client()
         indices = sorted(int(name.split("-")[1]) for name in self.actor_names())
         for index in indices[n:]:
             handle = ray.get_actor(f"actor-{index}", namespace=self.namespace)
@@ -203,7 +207,7 @@ class Cluster:
         from diswm import telemetry
 
         return telemetry.write_file_sd(self.run_dir / "prometheus" / "targets.json",
-                                       telemetry.targets(self._redis(), self.namespace),
+                                       telemetry.targets(self.redis_client(), self.namespace),
                                        self.namespace)
 
     def status(self) -> dict[str, Any]:
@@ -257,11 +261,7 @@ class Cluster:
         return summary
 
     def replay_meta(self) -> dict[str, int]:
-        sampler = ReplaySampler(self.spec)
-        try:
-            return read_meta(sampler.client, self.spec)
-        finally:
-            sampler.close()
+        return read_meta(self.redis_client(), self.spec)
 
 
 def ray_cpus(cfg: Config) -> int:

@@ -112,10 +112,8 @@ def run_job(cfg: Config, run_dir: str | Path, *, teacher: str | None = None,
 
 def _print_metrics_urls(cluster: Cluster, progress: Callable[[str], None]) -> None:
     from diswm import telemetry
-    from diswm.rediskit import connect
 
-    client = connect(cluster.spec.host, cluster.spec.port, cluster.spec.password)
-    for name, address in sorted(telemetry.targets(client, cluster.namespace).items()):
+    for name, address in sorted(telemetry.targets(cluster.redis_client(), cluster.namespace).items()):
         progress(f"      metrics: http://{address}/metrics  ({name})")
     progress(f"      Prometheus: make monitor RUN={cluster.run_dir}  (targets in "
              f"{cluster.run_dir / 'prometheus' / 'targets.json'})")
