@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ class Cluster:
         # Non-detached actors live only while a handle does: keep them here.
         self.handles: dict[str, Any] = {}
         self._client = None
+        self.ray_head: int | None = None  # process group of a Ray head we started
 
     # -- creation ------------------------------------------------------------------------------
     @classmethod
@@ -73,17 +75,19 @@ class Cluster:
                                        maxmemory_bytes=redis_maxmemory(cfg)).start()
             password, port = redis_server.password, redis_server.port
         spec = ReplaySpec.from_config(cfg, port=port, password=password)
-        address = cfg.runtime.ray_address
+        address, head = cfg.runtime.ray_address, None
         if detached and not address:
-            address = start_ray_head(run_dir, num_cpus or ray_cpus(cfg))
+            address, head = start_ray_head(run_dir, num_cpus or ray_cpus(cfg))
         if not ray.is_initialized():
             if address:
                 ray.init(address=address, namespace=spec.namespace, log_to_driver=False)
             else:
-                ray.init(num_cpus=num_cpus or ray_cpus(cfg), include_dashboard=False,
+                ray.init(address="local",  # always our own instance, never a stray one
+                         num_cpus=num_cpus or ray_cpus(cfg), include_dashboard=False,
                          namespace=spec.namespace, log_to_driver=False)
         cluster = cls(cfg, run_dir, spec, detached=detached, redis=redis_server,
                       ray_address=address)
+        cluster.ray_head = head
         cluster.save_state()
         return cluster
 
@@ -105,6 +109,7 @@ class Cluster:
             ray.init(address=state["ray_address"], namespace=spec.namespace, log_to_driver=False)
         cluster = cls(cfg, run_dir, spec, detached=True, ray_address=state["ray_address"])
         cluster.redis_pid = state.get("redis_pid")
+        cluster.ray_head = state.get("ray_head")
         return cluster
 
     def save_state(self) -> None:
@@ -112,7 +117,7 @@ class Cluster:
         spec["password"] = self.spec.password  # the folder is the operator's; file mode 0600
         state = {"config": self.cfg.to_dict(), "spec": spec, "ray_address": self.ray_address,
                  "redis_pid": self.redis._proc.pid if self.redis and self.redis._proc else None,
-                 "namespace": self.namespace}
+                 "ray_head": self.ray_head, "namespace": self.namespace}
         path = self.run_dir / STATE_FILE
         fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -236,28 +241,28 @@ class Cluster:
         return out
 
     def shutdown(self, stop_ray: bool | None = None) -> dict[str, Any] | None:
-        """Stop actors (they flush partial episodes), then the learner (final checkpoint)."""
+        """Stop actors (they flush partial episodes), then the learner (final checkpoint);
+        Ray and Redis stop even if that fails (the error is raised afterwards)."""
         import ray
 
         summary = None
-        self.scale(0)
         try:
-            handle = self.learner()
-            summary = ray.get(handle.stop.remote(), timeout=600)
-            ray.kill(handle, no_restart=True)
-            self.handles.pop("learner", None)
-        except ValueError:
-            pass
-        if stop_ray if stop_ray is not None else self.detached:
+            self.scale(0)
+            try:
+                handle = self.learner()
+                summary = ray.get(handle.stop.remote(), timeout=600)
+                ray.kill(handle, no_restart=True)
+                self.handles.pop("learner", None)
+            except ValueError:
+                pass
+        finally:
             ray.shutdown()
-            subprocess.run([_ray_cli(), "stop", "--force"], capture_output=True, timeout=120,
-                           env=_ray_env())
-        else:
-            ray.shutdown()
-        if self.redis is not None:
-            self.redis.stop()
-        elif getattr(self, "redis_pid", None):
-            _shutdown_redis(self.spec)
+            if self.ray_head and (stop_ray if stop_ray is not None else self.detached):
+                stop_ray_head(self.ray_head, self.ray_address)  # only the head we started
+            if self.redis is not None:
+                self.redis.stop()
+            elif getattr(self, "redis_pid", None):
+                _shutdown_redis(self.spec)
         return summary
 
     def replay_meta(self) -> dict[str, int]:
@@ -303,22 +308,61 @@ def use_ray_token(run_dir: Path, create: bool = False) -> Path:
     return path
 
 
-def start_ray_head(run_dir: Path, num_cpus: int) -> str:
-    """`ray start --head` on this machine; returns the cluster address Ray advertises."""
+def start_ray_head(run_dir: Path, num_cpus: int, timeout: float = 180.0) -> tuple[str, int]:
+    """`ray start --head --block` in its own process group; returns (the address Ray
+    advertises, the group's id). Stopping that group stops this cluster's Ray and nothing else
+    (`ray stop` would end every Ray on the machine)."""
+    import signal
+
     from replay_service.server import free_port
 
     use_ray_token(run_dir, create=True)
     port = free_port()
     cmd = [_ray_cli(), "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}",
-           "--include-dashboard=false", "--disable-usage-stats"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=_ray_env())
-    if result.returncode != 0:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{result.stdout}\n{result.stderr}")
-    (run_dir / "ray-head.log").write_text(result.stdout + result.stderr)
-    for line in result.stdout.splitlines():  # Ray advertises the node's own IP
-        if "ray start --address=" in line:
-            return line.split("--address=", 1)[1].strip().strip("'\"").split("'")[0]
-    return f"127.0.0.1:{port}"
+           "--include-dashboard=false", "--disable-usage-stats", "--block"]
+    log_path = run_dir / "ray-head.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_ray_env(),
+                                start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log_path.read_text(errors="replace")
+        for line in text.splitlines():  # Ray advertises the node's own IP
+            if "ray start --address=" in line:
+                return line.split("--address=", 1)[1].strip().strip("'\"").split("'")[0], proc.pid
+        if proc.poll() is not None:
+            raise RuntimeError(f"`{' '.join(cmd)}` exited with {proc.returncode}:\n{text}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise TimeoutError(f"the Ray head did not come up in {timeout:.0f}s; see {log_path}")
+        time.sleep(0.2)  # polling the head's log for its address, with a deadline
+
+
+def stop_ray_head(pgid: int, address: str = "", timeout: float = 60.0) -> None:
+    """Stop the process group `start_ray_head` made (SIGTERM, then SIGKILL), and forget its
+    address where Ray records the machine's current cluster (as `ray stop` would)."""
+    import signal
+    import tempfile
+
+    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    try:
+        if address and current.read_text().strip() == address:
+            current.unlink()
+    except OSError:
+        pass
+
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)  # waiting for the group to exit, with a deadline
+    os.killpg(pgid, signal.SIGKILL)
 
 
 def _cluster_gpus() -> float:
