@@ -153,9 +153,12 @@ class TrainConfig:
     eval_episodes: int = field(default=10, metadata=_range(ge=0))
     checkpoint_every: int = field(default=50_000, metadata=_range(gt=0))  # env steps
     device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
-    amp: bool = False  # bf16 autocast on GPU
-    compile: bool = False  # torch.compile the conv encoder/decoder stacks
-    channels_last: bool = False  # channels-last memory format in the conv stacks
+    # Compute dtype of matmuls and convolutions: "auto" = bf16 where the hardware has native
+    # bf16 (AVX512-BF16/AMX CPUs, CUDA compute capability >= 8.0), fp32 elsewhere; fp16 is
+    # CUDA-only (with a loss scaler). Weights, distributions, KLs and losses stay float32.
+    precision: str = field(default="auto", metadata=_choices("auto", "fp32", "bf16", "fp16"))
+    compile: bool = False  # torch.compile the hot paths (see learner/compiled.py)
+    channels_last: bool = True  # channels-last memory format in the conv stacks (measured faster)
 
 
 @dataclass(frozen=True)
@@ -353,10 +356,24 @@ def _build_section(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _upgrade(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Read configs saved before a key was renamed: `train.amp` (bool) became
+    `train.precision` (amp false = fp32, as those runs computed; true = bf16)."""
+    train = data.get("train") if isinstance(data, Mapping) else None
+    if not isinstance(train, Mapping) or "amp" not in train:
+        return data
+    train = dict(train)
+    amp = train.pop("amp")
+    if "precision" not in train:
+        train["precision"] = "bf16" if _coerce("train.amp", amp, bool) else "fp32"
+    return {**data, "train": train}
+
+
 def build_config(data: Mapping[str, Any]) -> Config:
     """Nested dict -> validated `Config` (missing keys take their defaults)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
+    data = _upgrade(data)
     sections = {f.name: f for f in dataclasses.fields(Config)}
     hints = typing.get_type_hints(Config)
     unknown = sorted(set(data) - set(sections))
@@ -434,9 +451,12 @@ def resolve_layers(presets: Iterable[str] = (), overrides: Iterable[str] = ()) -
             valid = ", ".join(k for k in table if k != "defaults")
             raise ConfigError(f"unknown preset {name!r}; valid presets: {valid} "
                               "(or the path of a .yaml file)")
-        data = deep_merge(data, layer)
+        data = deep_merge(data, _upgrade(layer))
     for text in overrides:
         (section, key), value = parse_override(text)
+        if (section, key) == ("train", "amp"):
+            raise ConfigError("train.amp was replaced by train.precision "
+                              "(auto | fp32 | bf16 | fp16), e.g. --set train.precision=bf16")
         data = deep_merge(data, {section: {key: value}})
     return data
 

@@ -15,9 +15,8 @@ batch's posterior states. Three named Adam groups: "model", "actor", "critic".
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,9 @@ from diswm.models import (
     load_pretrained,
     make_teacher,
 )
-from diswm.models.nets import BetaVAEEncoder, resolve_device
+from diswm.models.compiled import Compiled
+from diswm.models.nets import BetaVAEEncoder, preprocess_image, resolve_device
+from diswm.models.precision import Group, backward_and_step, resolve_precision
 
 CHECKPOINT_FORMAT = "diswm-learner-v1"
 BATCH_KEYS = ("image", "action", "reward", "is_first", "is_terminal")
@@ -49,7 +50,8 @@ class Learner:
 
     def __init__(self, cfg: Config, action_dim: int, *,
                  pretrained: Mapping[str, Tensor] | None = None,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None,
+                 log: Callable[[str], None] | None = None):
         self.cfg = cfg
         self.action_dim = int(action_dim)
         self.device = torch.device(device) if device is not None else resolve_device(cfg.train.device)
@@ -71,22 +73,32 @@ class Learner:
                 if m is not None:
                     m.channels_last = True
                     m.to(memory_format=torch.channels_last)
-        if cfg.train.compile:
-            # The conv stacks dominate; compiling the MLP heads too hits dynamo's recompile
-            # limit (one code object shared by every MLP, called with and without grad).
-            for m in (self.wm.encoder.convs, self.wm.decoder.deconvs):
-                m.compile(dynamic=False)
+        self.log = log or (lambda msg: None)
+        # Hot paths (diswm/models/compiled.py): eager unless train.compile; the first update
+        # compiles them, and its time is kept apart (compile_seconds).
+        self._wm_loss = Compiled(self.wm.loss, "world-model loss", log=self.log,
+                                 enabled=cfg.train.compile)
+        self._ac_loss = Compiled(self.ac.loss, "actor-critic loss", log=self.log,
+                                 enabled=cfg.train.compile)
         o = cfg.optim
+        fused = self.device.type == "cuda"  # one kernel per step on a GPU
         self.opts = {
-            "model": torch.optim.Adam(self.wm.parameters(), lr=o.model_lr, eps=o.eps),
-            "actor": torch.optim.Adam(self.ac.actor.parameters(), lr=o.actor_lr, eps=o.eps),
-            "critic": torch.optim.Adam(self.ac.critic.parameters(), lr=o.critic_lr, eps=o.eps),
+            "model": torch.optim.Adam(self.wm.parameters(), lr=o.model_lr, eps=o.eps,
+                                      fused=fused),
+            "actor": torch.optim.Adam(self.ac.actor.parameters(), lr=o.actor_lr, eps=o.eps,
+                                      fused=fused),
+            "critic": torch.optim.Adam(self.ac.critic.parameters(), lr=o.critic_lr, eps=o.eps,
+                                       fused=fused),
         }
         self.updates = 0  # gradient updates done
         self.version = 0  # policy version: bumped by every update and set_weights
         self.agent_step = 0  # agent steps seen (drives eta)
         self.scheme = cfg.distraction.scheme  # colour scheme phase of the run
-        self.amp = bool(cfg.train.amp and self.device.type == "cuda")
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        self.scalers = {name: self.precision.make_scaler() for name in self.opts}
+        self.log(self.precision.describe())
+        self._staging: dict[str, Tensor] = {}  # pinned host buffers for batches (CUDA)
+        self._staged = None  # CUDA event: the last host -> device copy out of the staging
 
     # -- training ---------------------------------------------------------------------------
     def eta(self) -> float | None:
@@ -100,59 +112,63 @@ class Learner:
             self.agent_step = int(agent_step)
         data = self._to_device(batch)
         eta = self.eta()
-        metrics: dict[str, float] = {}
-        with self._autocast():
+        metrics: dict[str, Tensor] = {}
+        data["image"] = preprocess_image(data["image"])  # once: teacher, student, image loss
+        with self.precision.autocast():
             z_teacher = None
             if self.teacher is not None:
                 with torch.no_grad():
-                    z_teacher = self.teacher(data["image"], sample=False)[0].float()
-            wm_losses, aux = self.wm.loss(data, z_teacher_BTZ=z_teacher,
-                                          distill_reduction=self.cfg.distill.reduction)
+                    z_teacher = self.teacher(data["image"], sample=False)[0]
+            wm_losses, aux = self._wm_loss(data, z_teacher_BTZ=z_teacher,
+                                           distill_reduction=self.cfg.distill.reduction)
             wm_loss = combine(wm_losses, self.wm.scales(eta=eta))
-        metrics["model_grad_norm"] = self._step("model", wm_loss, self.wm.parameters())
+        norms = backward_and_step({"model": self._group("model", wm_loss, self.wm)},
+                                  self.cfg.optim.grad_clip)
         self.ac.update_slow_critic(self.updates)
         start = self.wm.imagine_start(aux["post"])
-        with frozen(self.wm), self._autocast():
-            actor_losses, critic_losses, ac_metrics = self.ac.loss(
+        with frozen(self.wm), self.precision.autocast():
+            actor_losses, critic_losses, ac_metrics = self._ac_loss(
                 self.wm, start, data["is_terminal"].reshape(-1))
             actor_loss = combine(actor_losses, self.ac.actor_scales())
             critic_loss = combine(critic_losses, self.ac.critic_scales())
-        metrics["actor_grad_norm"] = self._step("actor", actor_loss, self.ac.actor.parameters())
-        metrics["critic_grad_norm"] = self._step("critic", critic_loss,
-                                                 self.ac.critic.parameters())
+        # One backward for both: their parameters and graphs are disjoint (backward_and_step).
+        norms.update(backward_and_step({
+            "actor": self._group("actor", actor_loss, self.ac.actor),
+            "critic": self._group("critic", critic_loss, self.ac.critic)},
+            self.cfg.optim.grad_clip))
+        metrics.update({f"{name}_grad_norm": norm for name, norm in norms.items()})
         self.updates += 1
         self.version += 1
         for prefix, terms in (("model", wm_losses), ("actor", actor_losses),
                               ("critic", critic_losses)):
-            metrics.update({f"{prefix}/{k}": float(v.detach()) for k, v in terms.items()})
-        metrics.update({
-            "model_loss": float(wm_loss.detach()), "actor_loss": float(actor_loss.detach()),
-            "critic_loss": float(critic_loss.detach()), "kl_value": float(aux["kl_value"]),
-            "z_std": float(aux["z_std"]), "eta": float(eta or 0.0),
-            **{k: float(v) for k, v in ac_metrics.items()},
-            "updates": float(self.updates), "update_seconds": time.perf_counter() - start_time,
-        })
-        return metrics
+            metrics.update({f"{prefix}/{k}": v for k, v in terms.items()})
+        metrics.update({"model_loss": wm_loss, "actor_loss": actor_loss,
+                        "critic_loss": critic_loss, "kl_value": aux["kl_value"],
+                        "z_std": aux["z_std"], **ac_metrics})
+        # One device -> host copy for every metric (a sync per .item() would stall a GPU).
+        names = list(metrics)
+        values = torch.stack([metrics[k].detach().float().reshape(()) for k in names]).tolist()
+        out = dict(zip(names, values, strict=True))
+        out.update({"eta": float(eta or 0.0), "updates": float(self.updates),
+                    "update_seconds": time.perf_counter() - start_time})
+        return out
 
-    def _step(self, name: str, loss: Tensor, params: Iterable[nn.Parameter]) -> float:
-        opt = self.opts[name]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        params = [p for p in params if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
-        opt.step()
-        return float(norm)
+    @property
+    def compile_seconds(self) -> float:
+        """Time the first update spent compiling (0 when nothing was compiled)."""
+        return self._wm_loss.compile_seconds + self._ac_loss.compile_seconds
 
-    def _autocast(self):
-        if self.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def _group(self, name: str, loss: Tensor, module: nn.Module) -> Group:
+        return Group(self.opts[name], loss, list(module.parameters()), self.scalers[name])
 
     def _to_device(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         missing = [k for k in BATCH_KEYS if k not in batch]
         if missing:
             raise KeyError(f"batch lacks keys {missing}; it has {sorted(batch)}")
         out = {}
+        cuda = self.device.type == "cuda"
+        if cuda and self._staged is not None:
+            self._staged.synchronize()  # the previous batch has left the staging buffers
         for key in BATCH_KEYS:
             value = batch[key]
             t = torch.as_tensor(np.asarray(value)) if not isinstance(value, Tensor) else value
@@ -160,7 +176,18 @@ class Learner:
                 t = t.float()
             elif key in ("is_first", "is_terminal"):
                 t = t.bool()
+            if cuda and t.device.type == "cpu":
+                # Pinned staging, reused across batches: the copy to the GPU is asynchronous.
+                buf = self._staging.get(key)
+                if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+                    buf = self._staging[key] = torch.empty(t.shape, dtype=t.dtype,
+                                                           pin_memory=True)
+                buf.copy_(t)
+                t = buf
             out[key] = t.to(self.device, non_blocking=True)
+        if cuda:
+            self._staged = torch.cuda.Event()
+            self._staged.record()
         if out["image"].dtype != torch.uint8 or out["image"].ndim != 5:
             raise ValueError(f"batch image must be uint8 (B, T, H, W, C), got "
                              f"{out['image'].dtype} {tuple(out['image'].shape)}")
@@ -210,6 +237,7 @@ class Learner:
             "teacher": None if self.teacher is None else {
                 f"encoder.{k}": v for k, v in self.teacher.state_dict().items()},
             "optimizers": {name: opt.state_dict() for name, opt in self.opts.items()},
+            "scalers": {name: sc.state_dict() for name, sc in self.scalers.items() if sc},
             "counters": {"updates": self.updates, "version": self.version,
                          "agent_step": self.agent_step},
             "scheme": self.scheme, "rng": rng, "extra": dict(extra or {}),
@@ -237,6 +265,9 @@ class Learner:
                                               for k, v in payload["teacher"].items()})
         for name, opt in self.opts.items():
             opt.load_state_dict(payload["optimizers"][name])
+        for name, state in payload.get("scalers", {}).items():
+            if self.scalers.get(name) is not None:  # fp16 then and now
+                self.scalers[name].load_state_dict(state)
         counters = payload["counters"]
         self.updates, self.version = int(counters["updates"]), int(counters["version"])
         self.agent_step = int(counters["agent_step"])
@@ -247,11 +278,13 @@ class Learner:
         return payload["extra"]
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | None = None) -> tuple[Learner, dict]:
+    def from_checkpoint(cls, path: str | Path, device: str | None = None,
+                        log: Callable[[str], None] | None = None) -> tuple[Learner, dict]:
         """A learner rebuilt from the config and teacher stored in a checkpoint, restored."""
         payload = torch.load(Path(path), map_location="cpu", weights_only=True)
         cfg = build_config(payload["config"])
         if payload["teacher"] is None:  # nothing to rebuild; do not look for the original file
             cfg = replace(cfg, distill={"teacher": ""})
-        learner = cls(cfg, payload["action_dim"], pretrained=payload["teacher"], device=device)
+        learner = cls(cfg, payload["action_dim"], pretrained=payload["teacher"], device=device,
+                      log=log)
         return learner, learner.restore(path)

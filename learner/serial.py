@@ -112,12 +112,12 @@ class SerialRunner:
                          "next_ckpt": cfg.train.checkpoint_every, "switched": 0}
         self.evals: list[dict] = []
         if resume:
-            self.learner, extra = Learner.from_checkpoint(ckpt)
+            self.learner, extra = Learner.from_checkpoint(ckpt, log=progress)
             self.counters.update({k: int(v) for k, v in extra["counters"].items()})
             self.evals = json.loads((self.run_dir / "metrics.json").read_text())["evaluations"]
         else:
             cfg.save(self.run_dir / "config.yaml")
-            self.learner = Learner(cfg, self.action_dim)
+            self.learner = Learner(cfg, self.action_dim, log=progress)
         self.replay = SequenceBuffer(cfg.replay.capacity, seed=cfg.train.seed,
                                      chunk_length=cfg.replay.chunk_length)
         self.policy = Policy(cfg, self.action_dim, 1, mode="explore")

@@ -35,12 +35,13 @@ class LearnerService:
                  progress: Callable[[str], None] = print, log_every: float = 10.0):
         self.cfg, self.spec, self.run_dir = cfg, spec, Path(run_dir)
         self.progress, self.log_every = progress, log_every
+        self._log = lambda msg: self.progress(f"learner: {msg}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = self.run_dir / CHECKPOINT
         self.evals: list[dict] = []
         self.next = {"eval": 0, "ckpt": cfg.train.checkpoint_every}
         if ckpt.exists():
-            self.learner, extra = Learner.from_checkpoint(ckpt)
+            self.learner, extra = Learner.from_checkpoint(ckpt, log=self._log)
             self.next.update({k: int(v) for k, v in extra.get("next", {}).items()})
             summary = self.run_dir / "metrics.json"
             if summary.exists():
@@ -48,7 +49,7 @@ class LearnerService:
             self.progress(f"learner: resumed from {ckpt} at update {self.learner.updates}")
             self.resumed = True
         else:
-            self.learner = Learner(cfg, action_dim)
+            self.learner = Learner(cfg, action_dim, log=self._log)
             self.resumed = False
         self.sampler = ReplaySampler(spec, seed=cfg.train.seed + self.learner.updates)
         self.weights = WeightStore(self.sampler.client, spec.namespace)

@@ -35,6 +35,7 @@ import torch
 from diswm.config import Config
 from diswm.models.losses import combine
 from diswm.models.nets import resolve_device
+from diswm.models.precision import Group, backward_and_step, resolve_precision
 from diswm.models.video import VideoModel, video_scales
 from pretrain.dataset import VideoDataset
 
@@ -96,6 +97,13 @@ class PretrainRunner:
         self.device = resolve_device(cfg.train.device)
         torch.manual_seed(cfg.pretrain.seed)
         self.model = VideoModel(cfg.model, size=cfg.env.size).to(self.device)
+        if cfg.train.channels_last:
+            for m in (self.model.encoder, self.model.decoder):
+                m.channels_last = True
+                m.to(memory_format=torch.channels_last)
+        # The same precision as the online learner (train.precision; precision.py).
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        self.scaler = self.precision.make_scaler()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.pretrain.lr, eps=cfg.optim.eps)
         self.scales = video_scales(cfg.model, beta=cfg.pretrain.beta)
         self.rng = np.random.default_rng([cfg.pretrain.seed, 0xDA7A])
@@ -118,16 +126,15 @@ class PretrainRunner:
         image = torch.as_tensor(batch["image"], device=self.device)
         is_first = torch.as_tensor(batch["is_first"], device=self.device)
         self.model.train()
-        losses, aux = self.model.loss(image, is_first, balance=self.cfg.model.kl_balance,
-                                      free=self.cfg.model.kl_free)
-        loss = combine(losses, self.scales)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                   self.cfg.optim.grad_clip)
-        self.opt.step()
+        with self.precision.autocast():
+            losses, aux = self.model.loss(image, is_first, balance=self.cfg.model.kl_balance,
+                                          free=self.cfg.model.kl_free)
+            loss = combine(losses, self.scales)
+        grad_norm = backward_and_step(
+            {"model": Group(self.opt, loss, list(self.model.parameters()), self.scaler)},
+            self.cfg.optim.grad_clip)["model"]
         self.updates += 1
-        with torch.no_grad():
+        with torch.no_grad(), self.precision.autocast():
             z_std = float(torch.exp(0.5 * self.model.encoder(image[:, :1], sample=False)[1]).mean())
         row = {"update": self.updates, "loss": float(loss.detach()),
                **{k: float(v.detach()) for k, v in losses.items()},
@@ -145,6 +152,7 @@ class PretrainRunner:
                       f"episodes of {self.data_info['task']}), beta_2={p.beta}, "
                       f"{p.batch_size}x{p.batch_length} batches, {p.updates} updates, "
                       f"device {self.device}")
+        self.progress(self.precision.describe())
         session_start, session_updates = time.perf_counter(), 0
         try:
             while self.updates < end:
@@ -197,6 +205,7 @@ class PretrainRunner:
         payload = {
             "format": FORMAT, "config": self.cfg.to_dict(),
             "video_model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "updates": self.updates, "seconds": self.seconds,
             "rng": {"torch": torch.get_rng_state(),
                     "numpy": json.dumps(self.rng.bit_generator.state)},
@@ -217,6 +226,8 @@ class PretrainRunner:
             raise ValueError(f"{self.run_dir / CHECKPOINT}: not a {FORMAT} checkpoint")
         self.model.load_state_dict(payload["video_model"])
         self.opt.load_state_dict(payload["optimizer"])
+        if self.scaler is not None and payload.get("scaler"):
+            self.scaler.load_state_dict(payload["scaler"])
         self.updates = int(payload["updates"])
         self.seconds = float(payload["seconds"])
         torch.set_rng_state(payload["rng"]["torch"])

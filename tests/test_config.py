@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import yaml
 
 from diswm.cli import main
 from diswm.config import (
@@ -77,22 +78,37 @@ def test_presets_apply_in_order_then_overrides():
     assert load_config(["debug"]).model.z_dim == 20
 
 
+def test_configs_saved_before_precision_read_back_as_they_ran(tmp_path):
+    """Runs saved with the old `train.amp` key resume with the precision they computed in."""
+    for amp, precision in ((False, "fp32"), (True, "bf16")):
+        data = load_config([]).to_dict()
+        data["train"].pop("precision")
+        data["train"]["amp"] = amp
+        path = tmp_path / f"old-{amp}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        assert Config.load(path).train.precision == precision
+        assert load_config([str(path)]).train.precision == precision
+
+
 def test_override_coercion():
-    cfg = load_config([], ["train.steps=1e5", "optim.model_lr=1e-3", "train.amp=true",
+    cfg = load_config([], ["train.steps=1e5", "optim.model_lr=1e-3", "train.compile=true",
                            "replay.password=12345"])
     assert cfg.train.steps == 100_000 and isinstance(cfg.train.steps, int)
     assert cfg.optim.model_lr == 1e-3
-    assert cfg.train.amp is True
+    assert cfg.train.compile is True
     assert cfg.replay.password == "12345"
 
 
 @pytest.mark.parametrize("override,needle", [
-    ("train.stepz=3", "unknown config key train.stepz; valid keys in 'train': amp"),
+    ("train.stepz=3", "unknown config key train.stepz; valid keys in 'train': batch_length"),
     ("trian.steps=3", "unknown config section 'trian'"),
     ("train.steps=abc", "train.steps: expected an integer, got 'abc'"),
     ("train.steps=1.5", "train.steps: expected an integer"),
     ("train.steps=0", "train.steps: 0 is out of range; it must be > 0"),
-    ("train.amp=maybe", "train.amp: expected true or false"),
+    ("train.compile=maybe", "train.compile: expected true or false"),
+    ("train.precision=fp8", "train.precision: 'fp8' is not allowed; choose one of 'auto', "
+                            "'fp32', 'bf16', 'fp16'"),
+    ("train.amp=true", "train.amp was replaced by train.precision"),
     ("model.kl_balance=2", "model.kl_balance: 2.0 is out of range; it must be <= 1.0"),
     ("env.render_quality=ultra", "env.render_quality: 'ultra' is not allowed; choose one of "
                                  "'full', 'no_shadows', 'fast'"),

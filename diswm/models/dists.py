@@ -29,6 +29,19 @@ def unit_normal_nll(mean: Tensor, target: Tensor, event_dims: int) -> Tensor:
     return nll.sum(dim=tuple(range(-event_dims, 0))) if event_dims else nll
 
 
+def image_nll(mean: Tensor, target: Tensor) -> Tensor:
+    """`unit_normal_nll(mean, target, 3).mean()` for (..., H, W, C) images, in one fused pass.
+
+    Images are the largest tensors of an update (50 x 50 x 64 x 64 x 3 = 31M values), and the
+    per-pixel formula costs several passes over them forward and backward; ``mse_loss`` with a
+    sum is one pass each way. Same value: 0.5 * sum (t - m)^2 / count + pixels * log sqrt(2 pi).
+    """
+    pixels = mean.shape[-3] * mean.shape[-2] * mean.shape[-1]
+    count = mean.numel() // pixels
+    sq = torch.nn.functional.mse_loss(mean, target, reduction="sum")
+    return 0.5 * sq / count + pixels * _LOG_SQRT_2PI
+
+
 def _phi(x: Tensor) -> Tensor:
     return torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from diswm.models.precision import fp32
+
 
 def kaiming_init(module: nn.Module) -> None:
     """Kaiming-normal weights and zero biases for conv/linear layers (the beta-VAE's init)."""
@@ -24,8 +26,9 @@ def kaiming_init(module: nn.Module) -> None:
 
 
 def preprocess_image(image: Tensor) -> Tensor:
-    """uint8 (..., H, W, C) -> float (..., H, W, C) in [-0.5, 0.5]."""
-    return image.float() / 255.0 - 0.5
+    """uint8 (..., H, W, C) -> float (..., H, W, C) in [-0.5, 0.5] (in place after the cast:
+    images are the largest tensors of an update)."""
+    return image.float().div_(255.0).sub_(0.5)
 
 
 class MLP(nn.Module):
@@ -40,7 +43,8 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*mods)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        # Every MLP head feeds a distribution or a loss: its output is float32 (precision.py).
+        return fp32(self.net(x))
 
 
 class LayerNormGRUCell(nn.Module):
@@ -84,12 +88,19 @@ class BetaVAEEncoder(nn.Module):
         kaiming_init(self)
 
     def forward(self, image: Tensor, sample: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """`image`: uint8 (..., H, W, C) frames, or the same already through `preprocess_image`
+        (the world model shares that tensor with its image loss)."""
         lead = image.shape[:-3]
-        x_NCHW = preprocess_image(image.reshape(-1, *image.shape[-3:])).permute(0, 3, 1, 2)
-        if self.channels_last:
-            x_NCHW = x_NCHW.contiguous(memory_format=torch.channels_last)
+        x_NHWC = image.reshape(-1, *image.shape[-3:])
+        if x_NHWC.dtype == torch.uint8:
+            x_NHWC = preprocess_image(x_NHWC)
+        # (N, H, W, C) permuted to NCHW is already channels-last in memory; contiguous() would
+        # copy it to NCHW, which only the NCHW layout wants.
+        x_NCHW = x_NHWC.permute(0, 3, 1, 2)
+        if not self.channels_last:
+            x_NCHW = x_NCHW.contiguous()
         h_NE = self.convs(x_NCHW).flatten(1)
-        mean, logvar = self.head(h_NE).chunk(2, -1)
+        mean, logvar = fp32(self.head(h_NE)).chunk(2, -1)
         z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if sample else mean
         return (mean.reshape(*lead, -1), logvar.reshape(*lead, -1), z.reshape(*lead, -1))
 
@@ -117,7 +128,7 @@ class ImageDecoder(nn.Module):
         h = self.fc(feat.reshape(-1, feat.shape[-1]))[:, :, None, None]
         if self.channels_last:
             h = h.contiguous(memory_format=torch.channels_last)
-        mean_NCHW = self.deconvs(h)
+        mean_NCHW = fp32(self.deconvs(h))
         return mean_NCHW.permute(0, 2, 3, 1).reshape(*lead, *mean_NCHW.shape[-2:], 3)
 
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from diswm.models.dists import bounded_std
 from diswm.models.nets import LayerNormGRUCell
+from diswm.models.precision import fp32
 
 State = dict[str, Tensor]
 
@@ -47,7 +48,7 @@ class RSSM(nn.Module):
         return torch.cat([state["stoch"], state["deter"]], -1)
 
     def _dist(self, raw: Tensor, sample: bool) -> dict[str, Tensor]:
-        mean, std = raw.chunk(2, -1)
+        mean, std = fp32(raw).chunk(2, -1)  # the latent distribution is float32
         std = bounded_std(std, self.min_std)
         stoch = mean + std * torch.randn_like(mean) if sample else mean
         return {"mean": mean, "std": std, "stoch": stoch}

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from diswm.config import ModelConfig
-from diswm.models.dists import unit_normal_nll
+from diswm.models.dists import image_nll
 from diswm.models.losses import balanced_kl, standard_normal_kl
 from diswm.models.nets import BetaVAEEncoder, ImageDecoder, preprocess_image
 from diswm.models.rssm import RSSM
@@ -40,12 +40,12 @@ class VideoModel(nn.Module):
 
     def loss(self, image_BTHWC: Tensor, is_first_BT: Tensor, *, balance: float,
              free: float) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        image_BTHWC = preprocess_image(image_BTHWC)  # once, for the encoder and the image loss
         z_mean, z_logvar, z_BTZ = self.encoder(image_BTHWC)
         post, prior = self.rssm.observe(z_BTZ, None, is_first_BT)
         recon_BTHWC = self.decoder(RSSM.feat(post))
-        image_nll_BT = unit_normal_nll(recon_BTHWC, preprocess_image(image_BTHWC), 3)
         kl_loss, kl_value = balanced_kl(post, prior, balance, free)
-        losses = {"image": image_nll_BT.mean(), "kl": kl_loss,
+        losses = {"image": image_nll(recon_BTHWC, image_BTHWC), "kl": kl_loss,
                   "beta": standard_normal_kl(z_mean, z_logvar).mean()}
         return losses, {"kl_value": kl_value, "post": post}
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from diswm.config import DistillConfig, ModelConfig
-from diswm.models.dists import unit_normal_nll
+from diswm.models.dists import image_nll, unit_normal_nll
 from diswm.models.losses import balanced_kl, distill_kl, standard_normal_kl
 from diswm.models.nets import MLP, BetaVAEEncoder, ImageDecoder, preprocess_image
 from diswm.models.rssm import RSSM, State
@@ -54,17 +54,19 @@ class WorldModel(nn.Module):
              distill_reduction: str = "mean") -> tuple[dict[str, Tensor], dict]:
         """Named loss terms (each a scalar averaged over batch x time) and auxiliaries.
 
-        batch: image_BTHWC uint8, action_BTA (the action that led to each obs), reward_BT,
+        batch: image_BTHWC uint8 (or float from `preprocess_image`), action_BTA (the action that led to each obs), reward_BT,
         is_first_BT, is_terminal_BT. `z_teacher_BTZ`: the teacher's latent, or None (no term).
         """
         cfg = self.cfg
-        image = batch["image"]
+        image = batch["image"]  # uint8, or already preprocessed (the learner shares it)
+        if image.dtype == torch.uint8:
+            image = preprocess_image(image)  # once, for the encoder and the image loss
         z_mean, z_logvar, z_BTZ = self.encoder(image)
         post, prior = self.rssm.observe(z_BTZ, batch["action"], batch["is_first"])
         feat_BTF = RSSM.feat(post)
         recon = self.decoder(feat_BTF)
         losses = {
-            "image": unit_normal_nll(recon, preprocess_image(image), 3).mean(),
+            "image": image_nll(recon, image),
             "reward": unit_normal_nll(self.reward(feat_BTF)[..., 0], batch["reward"], 0).mean(),
             "beta": standard_normal_kl(z_mean, z_logvar).mean(),
         }

@@ -1,0 +1,74 @@
+"""`torch.compile` for the learner's hot paths, with a clean fallback and its time kept apart.
+
+    wm_loss = Compiled(world_model.loss, "world model loss", log=print)
+    losses, aux = wm_loss(batch, z_teacher_BTZ=z)      # compiled on the first call
+    wm_loss.compile_seconds                              # that first call (forward and backward
+                                                         # lowered), reported apart
+
+What gets compiled (learner/learner.py): the world-model loss (encoder, the RSSM's observe loop
+over the batch's T steps, decoder, every loss term) and the actor-critic loss (the H-step
+imagination rollout, reward/value heads, lambda-returns, actor and critic losses). Compiling whole
+regions rather than single modules lets inductor fuse the elementwise work between the matmuls
+and convolutions (ELUs, casts, gates, the truncated normal's sampling, the KLs) and unroll the
+per-time-step loops; its backward is compiled with it (AOTAutograd), during the first call.
+
+A region that fails to compile (no C++ compiler, an unsupported op, a backend error) is run
+eagerly from then on, said once in one line; an error that is not the compiler's raises again in
+eager mode, with its own message. Compiled code is cached on disk by inductor
+(``TORCHINDUCTOR_CACHE_DIR``, by default under /tmp), so a restarted learner compiles faster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch._functorch import config as functorch_config
+
+
+class Compiled:
+    """`fn` compiled with `torch.compile(dynamic=False)` on first use, eager if that fails."""
+
+    def __init__(self, fn: Callable, name: str, *, log: Callable[[str], None] | None = None,
+                 enabled: bool = True):
+        self.fn, self.name, self.log = fn, name, log or (lambda msg: None)
+        self._compiled = torch.compile(fn, dynamic=False) if enabled else None
+        self.state = "pending" if enabled else "eager"  # pending -> compiled | fallback
+        self.compile_seconds = 0.0  # the first compiled call (tracing + codegen + run)
+        self.error = ""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.state == "compiled":
+            return self._compiled(*args, **kwargs)
+        if self.state != "pending":
+            return self.fn(*args, **kwargs)
+        start = time.perf_counter()
+        try:
+            # Lower the backward now too, so that a compiler failure surfaces here (where it can
+            # fall back) and not in the middle of an optimizer step.
+            with functorch_config.patch(force_non_lazy_backward_lowering=True):
+                out = self._compiled(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
+            self.state, self.error = "fallback", f"{type(err).__name__}: {err}".splitlines()[0]
+            self.log(f"compile: {self.name} runs eagerly; torch.compile failed ({self.error})")
+            return self.fn(*args, **kwargs)
+        self.state, self.compile_seconds = "compiled", time.perf_counter() - start
+        self.log(f"compile: {self.name} compiled in {self.compile_seconds:.1f} s "
+                 "(forward and backward)")
+        return out
+
+
+def compiler_available() -> tuple[bool, str]:
+    """Whether inductor can build CPU kernels here (it needs a C++ compiler), and why not."""
+    import shutil
+
+    from torch._inductor import config as inductor_config
+
+    cxx = inductor_config.cpp.cxx
+    names = [c for c in (cxx if isinstance(cxx, tuple) else (cxx,)) if c]
+    for name in names:
+        if shutil.which(name):
+            return True, name
+    return False, f"no C++ compiler found (looked for {', '.join(names) or 'g++'})"
