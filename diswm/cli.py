@@ -9,6 +9,7 @@
     diswm bench replay --json bench/replay.json
     diswm bench learner --json bench/learner.json
     diswm train --config debug --serial [--teacher CKPT] [--resume RUN_DIR]
+    diswm inspect RUN_DIR [--checkpoint PATH] [--episodes 1] [--out RUN_DIR/inspect]
     diswm pretrain collect --task dmc:cheetah_run --frames 10000 --out data/cheetah [--workers 2]
     diswm pretrain train --data data/cheetah --out runs/pretrain [--resume RUN_DIR]
     diswm pretrain inspect runs/pretrain/teacher.pt --data data/cheetah --out runs/pretrain/inspect
@@ -118,6 +119,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- inspect ------------------------------------------------------------------------------------
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from learner.inspection import format_report, inspect_run
+
+    result = inspect_run(args.run, checkpoint=args.checkpoint, episodes=args.episodes,
+                         out=args.out, seed=args.seed)
+    print(format_report(result))
+    return 0
+
+
 # -- bench --------------------------------------------------------------------------------------
 
 
@@ -167,9 +180,10 @@ def _cmd_bench_learner(args: argparse.Namespace) -> int:
     report = bench_learner(presets=args.config, overrides=args.overrides, sizes=args.sizes,
                            modes=args.modes, updates=args.updates, rounds=args.rounds,
                            json_path=args.json, progress=lambda msg: print(msg, file=sys.stderr))
-    summary = {size: {k: r[k] for k in ("batch", "seconds_per_update", "speedup_vs_eager",
-                                        "peak_memory_bytes")}
-               for size, r in report["results"].items()}
+    keys = ("batch", "seconds_per_update", "speedup_vs_eager", "gflops",
+            "fraction_of_matmul_peak", "peak_memory_bytes", "compile_seconds", "vs_authors",
+            "vs_authors_same_run_estimate")
+    summary = {size: {k: r[k] for k in keys if k in r} for size, r in report["results"].items()}
     print(json.dumps(summary, indent=2))
     if args.json:
         print(f"wrote {args.json}", file=sys.stderr)
@@ -217,6 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=_cmd_train)
 
+    p = sub.add_parser("inspect", help="a run's eval history and its world model's open-loop "
+                       "prediction on held-out episodes")
+    p.add_argument("run", metavar="RUN", help="run folder (diswm train / diswm run)")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="learner checkpoint (default: RUN/checkpoints/latest.pt)")
+    p.add_argument("--episodes", type=int, default=1, help="held-out eval episodes (default 1)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="where the open-loop PNG goes (default: RUN/inspect)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="eval env seed (default: train.seed + 20000, unlike training's evals)")
+    p.set_defaults(func=_cmd_inspect)
+
     from pretrain.cli import add_pretrain_parser
 
     add_pretrain_parser(sub, _add_config_args)
@@ -248,9 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench_sub.add_parser("learner", help="learner updates/s and peak memory: eager vs faster")
     p.add_argument("--sizes", nargs="+", default=["defaults", "debug"],
                    choices=("defaults", "debug"), help="model sizes (defaults: batch 50x50)")
-    p.add_argument("--modes", nargs="+", default=["eager", "channels_last"],
-                   choices=("eager", "channels_last", "compile", "amp"),
-                   help="eager is the baseline; amp runs only on CUDA")
+    p.add_argument("--modes", nargs="+", default=["eager", "channels_last", "bf16", "bf16_compile"],
+                   choices=("eager", "channels_last", "compile", "bf16", "bf16_compile", "fp16"),
+                   help="eager (fp32, NCHW) is the baseline; fp16 runs only on CUDA")
     p.add_argument("--updates", type=int, default=1, help="updates per case per round")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json", default=None, metavar="FILE", help="write the report here")

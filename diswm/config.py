@@ -80,6 +80,9 @@ class DistractionConfig:
 class ModelConfig:
     """World model sizes and loss scales."""
 
+    # "beta_vae": DisWM's encoder/decoder with the 20-d z bottleneck; "conv": DreamerV2's conv
+    # encoder (1024-d features, no bottleneck) and conv decoder (the DreamerV2 baselines).
+    encoder: str = field(default="beta_vae", metadata=_choices("beta_vae", "conv"))
     z_dim: int = field(default=20, metadata=_range(ge=1))  # beta-VAE latent (teacher & student)
     cnn_depth: int = field(default=32, metadata=_range(ge=1))
     stoch: int = field(default=50, metadata=_range(ge=1))
@@ -107,9 +110,10 @@ class DistillConfig:
     eta_min_frac: float = field(default=0.1, metadata=_range(ge=0.0, le=1.0))  # 0.1 -> 0.01
     decay_steps: int = field(default=50_000, metadata=_range(gt=0))  # agent steps
     start_step: int = field(default=0, metadata=_range(ge=0))  # delayed start (Pusher: 50k)
-    # "mean": per-step KL averaged over batch x time; "batchmean": the released code's
-    # F.kl_div(..., reduction="batchmean") on (B, T, Z), i.e. summed over time (T times larger).
-    reduction: str = field(default="mean", metadata=_choices("mean", "batchmean"))
+    # "batchmean" (default): the released code's F.kl_div(..., reduction="batchmean") on
+    # (B, T, Z), i.e. the per-step KL summed over time and averaged over the batch -- the weighting
+    # the paper's eta was tuned with; "mean": averaged over batch x time (T times weaker).
+    reduction: str = field(default="batchmean", metadata=_choices("batchmean", "mean"))
     # DV2-finetune baseline: initialise encoder, RSSM and decoder from the teacher checkpoint.
     finetune: bool = False
 
@@ -151,6 +155,9 @@ class TrainConfig:
     pretrain_updates: int = field(default=100, metadata=_range(ge=0))
     eval_every: int = field(default=10_000, metadata=_range(gt=0))  # env steps
     eval_episodes: int = field(default=10, metadata=_range(ge=0))
+    # Evaluation acts with the actor's mode; False samples z and the latent state as DreamerV2
+    # does by default (its `eval_state_mean`), True takes their means.
+    eval_state_mean: bool = False
     checkpoint_every: int = field(default=50_000, metadata=_range(gt=0))  # env steps
     device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
     # Compute dtype of matmuls and convolutions: "auto" = bf16 where the hardware has native
@@ -253,6 +260,10 @@ class Config:
                 f"replay.tolerance={self.replay.tolerance} agent steps is too small for "
                 f"train.batch_size={self.train.batch_size} at {self.samples_per_insert:g} "
                 "samples per insert; the limiter could stall both sides")
+        if self.model.encoder == "conv" and self.distill.enabled:
+            raise ConfigError(
+                "distill.enabled=true needs model.encoder=beta_vae (teacher and student share "
+                "the 20-d z); DreamerV2's conv encoder has none: set distill.enabled=false")
         if self.train.device == "cuda":
             import torch
 

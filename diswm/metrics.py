@@ -89,3 +89,11 @@ LEARNER_ENV_STEPS = Gauge(
     ["namespace"])
 LEARNER_EVAL_RETURN = Gauge(
     "diswm_learner_eval_return", "Mean return of the latest evaluation", ["namespace"])
+LEARNER_OPENLOOP_IMAGE_MSE = Gauge(
+    "diswm_learner_openloop_image_mse",
+    "World model's open-loop image MSE ([0, 1] pixels) on the latest evaluation's episode",
+    ["namespace"])
+LEARNER_OPENLOOP_REWARD_ERROR = Gauge(
+    "diswm_learner_openloop_reward_abs_error",
+    "World model's open-loop mean absolute reward error on the latest evaluation's episode",
+    ["namespace"])

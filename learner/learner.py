@@ -105,8 +105,13 @@ class Learner:
         """Current distillation weight, or None when there is no teacher (no term at all)."""
         return None if self.teacher is None else eta_at(self.agent_step, self.cfg.distill)
 
-    def update(self, batch: Mapping[str, Any], agent_step: int | None = None) -> dict[str, float]:
-        """One world-model step and one actor-critic step on a (B, T) batch; returns metrics."""
+    def update(self, batch: Mapping[str, Any], agent_step: int | None = None, *,
+               diagnostics: bool = False) -> dict[str, float]:
+        """One world-model step and one actor-critic step on a (B, T) batch; returns metrics.
+
+        `diagnostics` adds ``distill_grad_share``: the norm of the distillation term's gradient
+        on the student encoder over the norm of the whole world-model loss's gradient there
+        (an extra backward through the encoder; runners ask for it on the updates they log)."""
         start_time = time.perf_counter()
         if agent_step is not None:
             self.agent_step = int(agent_step)
@@ -122,8 +127,20 @@ class Learner:
             wm_losses, aux = self._wm_loss(data, z_teacher_BTZ=z_teacher,
                                            distill_reduction=self.cfg.distill.reduction)
             wm_loss = combine(wm_losses, self.wm.scales(eta=eta))
+        share = None
+        if diagnostics and "distill" in wm_losses:
+            if eta:
+                share = self._distill_share(eta * wm_losses["distill"], aux["z_student"])
+            else:  # eta is 0 before a delayed start (Pusher): the term has no gradient
+                metrics["distill_grad_share"] = torch.zeros(())
         norms = backward_and_step({"model": self._group("model", wm_loss, self.wm)},
                                   self.cfg.optim.grad_clip)
+        if share is not None:
+            enc = torch.stack([p.grad.float().norm() for p in self.wm.encoder.parameters()
+                               if p.grad is not None]).norm()
+            # The step clipped the gradients by min(1, clip / norm): undo it for the ratio.
+            clip = min(1.0, self.cfg.optim.grad_clip / (float(norms["model"]) + 1e-6))
+            metrics["distill_grad_share"] = share / (enc / clip).clamp_min(1e-12)
         self.ac.update_slow_critic(self.updates)
         start = self.wm.imagine_start(aux["post"])
         with frozen(self.wm), self.precision.autocast():
@@ -143,8 +160,9 @@ class Learner:
                               ("critic", critic_losses)):
             metrics.update({f"{prefix}/{k}": v for k, v in terms.items()})
         metrics.update({"model_loss": wm_loss, "actor_loss": actor_loss,
-                        "critic_loss": critic_loss, "kl_value": aux["kl_value"],
-                        "z_std": aux["z_std"], **ac_metrics})
+                        "critic_loss": critic_loss, "kl_value": aux["kl_value"], **ac_metrics})
+        if "z_std" in aux:
+            metrics["z_std"] = aux["z_std"]
         # One device -> host copy for every metric (a sync per .item() would stall a GPU).
         names = list(metrics)
         values = torch.stack([metrics[k].detach().float().reshape(()) for k in names]).tolist()
@@ -152,6 +170,12 @@ class Learner:
         out.update({"eta": float(eta or 0.0), "updates": float(self.updates),
                     "update_seconds": time.perf_counter() - start_time})
         return out
+
+    def _distill_share(self, term: Tensor, z_student: Tensor) -> Tensor:
+        """Norm of d(term)/d(student encoder parameters); the graph is kept for the step."""
+        params = [p for p in self.wm.encoder.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        return torch.stack([g.float().norm() for g in grads if g is not None]).norm()
 
     @property
     def compile_seconds(self) -> float:
@@ -194,12 +218,26 @@ class Learner:
         return out
 
     def _load_finetune(self, pretrained: Mapping[str, Tensor]) -> None:
-        """DV2-finetune: copy every pretrained encoder/RSSM/decoder weight whose shape matches
-        (the action-free RSSM has no action weights; those stay freshly initialised)."""
+        """DV2-finetune: load the pretrained encoder, RSSM and decoder. Every pretrained weight
+        must fit; only the RSSM's action projection (absent from the action-free video model)
+        stays freshly initialised."""
         own = self.wm.state_dict()
-        take = {k: v for k, v in pretrained.items()
-                if k.split(".")[0] in ("encoder", "rssm", "decoder") and k in own
-                and own[k].shape == v.shape}
+        take, misfit = {}, []
+        for k, v in pretrained.items():
+            if k.split(".")[0] not in ("encoder", "rssm", "decoder"):
+                continue
+            if k in own and own[k].shape == v.shape:
+                take[k] = v
+            else:
+                misfit.append(f"{k} {tuple(v.shape)} vs "
+                              f"{tuple(own[k].shape) if k in own else 'absent'}")
+        fresh = sorted(k for k in own if k.split(".")[0] in ("encoder", "rssm", "decoder")
+                       and k not in take)
+        if misfit or any(not k.startswith("rssm.img_in_action.") for k in fresh):
+            raise ValueError(
+                f"distill.finetune: the pretrained model does not fit this world model "
+                f"(model.encoder={self.cfg.model.encoder}): "
+                + "; ".join((misfit or [f"missing {k}" for k in fresh])[:3]))
         self.wm.load_state_dict(take, strict=False)
 
     # -- weights ----------------------------------------------------------------------------

@@ -9,7 +9,9 @@ Run folder::
     config.yaml          the resolved config (Config.load reads it back)
     checkpoints/latest.pt learner checkpoint (weights_only-loadable) + the loop's counters
     train.csv            one row per `log_every` updates (losses, eta, update time, fps)
-    eval.csv             one row per evaluation (mean/min/max return, scheme)
+    eval.csv             one row per evaluation (mean/min/max return, scheme, open-loop errors)
+    openloop/            openloop_<env_steps>.png: the world model's open-loop prediction on the
+                         first eval episode of each evaluation (diswm.diagnostics)
     metrics.json         summary: evaluations, counters, wall time
     curve.png            evaluation return vs env steps (scheme switch marked)
 
@@ -32,6 +34,7 @@ import numpy as np
 
 from diswm.agent import Policy
 from diswm.config import Config
+from diswm.diagnostics import open_loop_report
 from diswm.envs import make_env
 from learner.learner import Learner
 from replay_service.buffer import SequenceBuffer
@@ -50,20 +53,64 @@ def append_csv(path: Path, row: dict[str, Any]) -> None:
 
 def evaluate(cfg: Config, learner: Learner, episodes: int, scheme: str, seed: int) -> list[float]:
     """Returns of `episodes` episodes with the eval-mode policy (mode of the actor)."""
+    return evaluate_recorded(cfg, learner, episodes, scheme, seed)[0]
+
+
+def evaluate_recorded(cfg: Config, learner: Learner, episodes: int, scheme: str,
+                      seed: int) -> tuple[list[float], dict[str, np.ndarray]]:
+    """`evaluate`, plus the first episode recorded step by step in the replay's layout:
+    ``image`` (N, H, W, 3) uint8, ``action`` (N, A) float32 (the action that led to each
+    observation, zeros on the first), ``reward`` (N,) float32, ``is_first`` (N,) bool. Eval
+    episodes never enter the replay: this is held-out data for `diswm.diagnostics`."""
     policy = Policy(cfg, learner.action_dim, 1, mode="eval")
     policy.load_weights(*learner.get_weights("policy"))
-    returns = []
+    returns: list[float] = []
+    steps: list[tuple[np.ndarray, np.ndarray, float, bool]] = []
+    zeros = np.zeros(learner.action_dim, np.float32)
     with make_env(cfg.env, cfg.distraction, seed=seed) as env:
         if cfg.distraction.enabled:
             env.set_scheme(scheme)
-        for _ in range(episodes):
+        for episode in range(episodes):
             obs, total = env.reset(), 0.0
+            record = episode == 0
+            if record:
+                steps.append((obs["image"].copy(), zeros, float(obs["reward"]), True))
             while not obs["is_last"]:
                 action = policy({"image": obs["image"][None], "is_first": [obs["is_first"]]})[0]
                 obs = env.step(action)
                 total += float(obs["reward"])
+                if record:
+                    steps.append((obs["image"].copy(), np.asarray(action, np.float32),
+                                  float(obs["reward"]), bool(obs["is_first"])))
             returns.append(total)
-    return returns
+    recording = {
+        "image": np.stack([s[0] for s in steps]) if steps else np.zeros((0, 0, 0, 3), np.uint8),
+        "action": np.stack([s[1] for s in steps]) if steps else np.zeros((0, learner.action_dim),
+                                                                         np.float32),
+        "reward": np.asarray([s[2] for s in steps], np.float32),
+        "is_first": np.asarray([s[3] for s in steps], bool)}
+    return returns, recording
+
+
+def open_loop_eval(learner: Learner, recording: dict[str, np.ndarray] | None, run_dir: Path,
+                   env_steps: int, title: str) -> dict[str, float | None]:
+    """Open-loop diagnostics of the learner's world model on an eval recording: writes
+    ``openloop/openloop_<env_steps>.png`` in the run folder and returns the eval row's columns
+    ``openl_image_mse`` and ``openl_reward_mae`` (None when the episode was too short)."""
+    report = open_loop_report(learner.wm, recording,
+                              run_dir / "openloop" / f"openloop_{env_steps}.png", title)
+    if report is None:
+        return {"openl_image_mse": None, "openl_reward_mae": None}
+    return {"openl_image_mse": round(report["openl_image_mse"], 6),
+            "openl_reward_mae": round(report["openl_reward_mae"], 6)}
+
+
+def openl_note(row: dict[str, Any]) -> str:
+    """", open-loop image MSE x, reward MAE y" for a progress line (empty without them)."""
+    if row.get("openl_image_mse") is None:
+        return ""
+    return (f", open-loop image MSE {row['openl_image_mse']:.4f} reward MAE "
+            f"{row['openl_reward_mae']:.3f}")
 
 
 def plot_curve(evals: list[dict], path: Path, title: str, switch_at: float | None) -> None:
@@ -136,7 +183,9 @@ class SerialRunner:
         cfg, metrics = self.cfg.train, {}
         for _ in range(n):
             batch = self.replay.sample(cfg.batch_size, cfg.batch_length)
-            metrics = self.learner.update(batch, agent_step=self.counters["agent_steps"])
+            metrics = self.learner.update(  # the logged update measures the distill share
+                batch, agent_step=self.counters["agent_steps"],
+                diagnostics=(self.learner.updates + 1) % self.log_every == 0)
             if self.learner.updates % self.log_every == 0:
                 append_csv(self.run_dir / "train.csv", {
                     "env_steps": self.counters["env_steps"], "agent_steps":
@@ -202,15 +251,18 @@ class SerialRunner:
         if cfg.train.eval_episodes == 0:
             return
         scheme = self.learner.scheme
-        returns = evaluate(cfg, self.learner, cfg.train.eval_episodes, scheme,
-                           seed=cfg.train.seed + 10_000 + len(self.evals))
+        returns, recording = evaluate_recorded(cfg, self.learner, cfg.train.eval_episodes,
+                                               scheme, seed=cfg.train.seed + 10_000 + len(self.evals))
         row = {"env_steps": c["env_steps"], "updates": self.learner.updates, "scheme": scheme,
                "return_mean": float(np.mean(returns)), "return_min": float(np.min(returns)),
-               "return_max": float(np.max(returns)), "episodes": len(returns)}
+               "return_max": float(np.max(returns)), "episodes": len(returns),
+               **open_loop_eval(self.learner, recording, self.run_dir, c["env_steps"],
+                                f"{cfg.env.task}, env step {c['env_steps']}, scheme {scheme}, "
+                                f"{self.learner.updates} updates")}
         self.evals.append(row)
         append_csv(self.run_dir / "eval.csv", row)
         self.progress(f"eval at env step {c['env_steps']}: return {row['return_mean']:.1f} "
-                      f"(scheme {scheme}, {self.learner.updates} updates)")
+                      f"(scheme {scheme}, {self.learner.updates} updates){openl_note(row)}")
         self._write_summary(None)
 
     def _checkpoint(self) -> None:

@@ -26,7 +26,14 @@ from diswm import metrics
 from diswm.broadcast import RunControl, WeightStore
 from diswm.config import Config
 from learner.learner import Learner
-from learner.serial import CHECKPOINT, append_csv, evaluate, write_summary
+from learner.serial import (
+    CHECKPOINT,
+    append_csv,
+    evaluate_recorded,
+    open_loop_eval,
+    openl_note,
+    write_summary,
+)
 from replay_service.client import Prefetcher, ReplaySampler, ReplaySpec
 
 
@@ -64,7 +71,9 @@ class LearnerService:
                    "version": metrics.LEARNER_POLICY_VERSION.labels(ns),
                    "lag": metrics.LEARNER_POLICY_LAG.labels(ns),
                    "env_steps": metrics.LEARNER_ENV_STEPS.labels(ns),
-                   "eval": metrics.LEARNER_EVAL_RETURN.labels(ns)}
+                   "eval": metrics.LEARNER_EVAL_RETURN.labels(ns),
+                   "openl_image": metrics.LEARNER_OPENLOOP_IMAGE_MSE.labels(ns),
+                   "openl_reward": metrics.LEARNER_OPENLOOP_REWARD_ERROR.labels(ns)}
         self.last_metrics: dict[str, float] = {}
         self.started = time.perf_counter()
 
@@ -92,17 +101,25 @@ class LearnerService:
         self.next["eval"] = env_steps + cfg.train.eval_every
         if cfg.train.eval_episodes == 0:
             return
-        returns = evaluate(cfg, self.learner, cfg.train.eval_episodes, self.learner.scheme,
-                           seed=cfg.train.seed + 10_000 + len(self.evals))
+        scheme = self.learner.scheme
+        returns, recording = evaluate_recorded(cfg, self.learner, cfg.train.eval_episodes, scheme,
+                                               seed=cfg.train.seed + 10_000 + len(self.evals))
+        openl = open_loop_eval(self.learner, recording, self.run_dir, env_steps,
+                               f"{cfg.env.task}, env step {env_steps}, scheme {scheme}, "
+                               f"{self.learner.updates} updates")
         row = {"env_steps": env_steps, "updates": self.learner.updates,
-               "scheme": self.learner.scheme, "return_mean": float(np.mean(returns)),
+               "scheme": scheme, "return_mean": float(np.mean(returns)),
                "return_min": float(np.min(returns)), "return_max": float(np.max(returns)),
-               "episodes": len(returns), "wall_seconds": time.perf_counter() - self.started}
+               "episodes": len(returns), "wall_seconds": time.perf_counter() - self.started,
+               **openl}
         self.evals.append(row)
         append_csv(self.run_dir / "eval.csv", row)
         self._m["eval"].set(row["return_mean"])
+        if openl["openl_image_mse"] is not None:
+            self._m["openl_image"].set(openl["openl_image_mse"])
+            self._m["openl_reward"].set(openl["openl_reward_mae"])
         self.progress(f"eval at env step {env_steps}: return {row['return_mean']:.1f} "
-                      f"(scheme {self.learner.scheme}, {self.learner.updates} updates)")
+                      f"(scheme {scheme}, {self.learner.updates} updates){openl_note(row)}")
         self.write_summary()
 
     def checkpoint(self, env_steps: int) -> None:
@@ -112,7 +129,9 @@ class LearnerService:
             self.sampler.snapshot()
 
     def train_on(self, batch: dict[str, np.ndarray], agent_steps: int) -> dict[str, float]:
-        out = self.learner.update(batch, agent_step=agent_steps)
+        # The update that train.csv logs also measures the distillation's gradient share.
+        out = self.learner.update(batch, agent_step=agent_steps,
+                                  diagnostics=(self.learner.updates + 1) % 10 == 0)
         self._m["updates"].inc()
         self._m["duration"].observe(out["update_seconds"])
         for lag in self.learner.version - 1 - batch["policy_version"][:, -1]:

@@ -40,6 +40,9 @@ def load_video_model(path: str | Path) -> tuple[VideoModel, Config, dict[str, An
         raise ValueError(f"{path}: no 'config' in the checkpoint; pass a teacher.pt or "
                          "checkpoints/latest.pt written by `diswm pretrain train`")
     cfg = build_config(payload["config"])
+    if cfg.model.encoder != "beta_vae":
+        raise ValueError(f"{path}: pretrained with model.encoder={cfg.model.encoder} (the "
+                         "DV2-finetune baseline); traversals and MIG/SAP need the beta-VAE's z")
     model = VideoModel(cfg.model, size=cfg.env.size)
     model.load_state_dict(load_pretrained(path))
     model.eval().requires_grad_(False)

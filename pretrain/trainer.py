@@ -134,10 +134,13 @@ class PretrainRunner:
             {"model": Group(self.opt, loss, list(self.model.parameters()), self.scaler)},
             self.cfg.optim.grad_clip)["model"]
         self.updates += 1
-        with torch.no_grad(), self.precision.autocast():
-            z_std = float(torch.exp(0.5 * self.model.encoder(image[:, :1], sample=False)[1]).mean())
+        z_std = float("nan")  # DreamerV2's conv encoder (DV2-finetune) has no z
+        if self.model.beta_vae:
+            with torch.no_grad(), self.precision.autocast():
+                _, logvar, _ = self.model.encoder(image[:, :1], sample=False)
+                z_std = float(torch.exp(0.5 * logvar).mean())
         row = {"update": self.updates, "loss": float(loss.detach()),
-               **{k: float(v.detach()) for k, v in losses.items()},
+               "beta": 0.0, **{k: float(v.detach()) for k, v in losses.items()},
                "kl_value": float(aux["kl_value"]), "z_std": z_std,
                "grad_norm": float(grad_norm), "seconds": time.perf_counter() - start}
         self.history.append(row)

@@ -86,3 +86,30 @@ def test_bench_replay_writes_ratios(tmp_path):
         sample["redis_lz4"]["median"] / sample["inprocess"]["median"])
     assert report["compression_ratio"]["lz4"] > 1.0
     assert report["compression_ratio"]["none"] == pytest.approx(1.0, abs=0.01)
+
+
+def test_bench_learner_reports_flop_rate_against_a_same_run_peak(tmp_path, capsys):
+    out = tmp_path / "learner.json"
+    assert main(["bench", "learner", "--sizes", "debug", "--config", "tiny", "--modes", "eager",
+                 "bf16", "--rounds", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    r = report["results"]["debug"]
+    assert set(r["seconds_per_update"]) == {"eager", "bf16"}
+    peaks = report["matmul_peak_gflops"]
+    assert set(peaks) == {"fp32", "bf16"} and min(peaks.values()) > 0
+    for mode, dtype in (("eager", "fp32"), ("bf16", "bf16")):
+        gflops = r["gflop_per_update"] / r["seconds_per_update"][mode]
+        assert r["gflops"][mode] == pytest.approx(gflops)
+        assert r["fraction_of_matmul_peak"][mode] == pytest.approx(gflops / peaks[dtype])
+    assert r["speedup_vs_eager"]["eager"] == pytest.approx(1.0)
+    # Slow rates stay readable in the progress lines (not "0/s").
+    assert "/s" in capsys.readouterr().err
+
+
+def test_format_rate_is_readable_at_any_speed():
+    from diswm.bench.common import format_rate
+
+    assert format_rate(412.3) == "412/s"
+    assert format_rate(3.414) == "3.41/s"
+    assert format_rate(0.25) == "4 s each"
+    assert format_rate(0.0) == "none"

@@ -65,7 +65,7 @@ def test_transfer_presets(name, tasks):
 
 def test_pusher_preset_delays_distillation():
     cfg = load_config(["reacher_easy_to_pusher"])
-    assert (cfg.distill.start_step, cfg.distill.decay_steps) == (50_000, 45_000)
+    assert (cfg.distill.start_step, cfg.distill.decay_steps) == (50_000, 50_000)
 
 
 def test_presets_apply_in_order_then_overrides():

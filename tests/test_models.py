@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import distributions as D
 
-from diswm.config import load_config
+from diswm.config import ConfigError, load_config
 from diswm.models import (
     RSSM,
     ActorCritic,
@@ -26,6 +26,7 @@ from diswm.models import (
     video_scales,
 )
 from diswm.models.dists import TruncNormal, unit_normal_nll
+from diswm.models.nets import preprocess_image
 
 A = 6  # action dims (cheetah)
 
@@ -163,15 +164,53 @@ def test_lambda_return_equals_plain_loop():
     np.testing.assert_allclose(out0, r + g * np.concatenate([v[1:], boot[None]]), rtol=1e-12)
 
 
+@pytest.mark.parametrize("preset", ["dreamerv2", "dv2_finetune"])
+def test_dreamerv2_baselines_use_dreamerv2s_conv_encoder_and_decoder(preset):
+    """The baselines are DreamerV2: 4 stride-2 'valid' convs (depth 32) flattened to 1024
+    features, a decoder from the model state (Linear to 32d, transposed convs 5, 5, 6, 6), no
+    beta-VAE bottleneck and no beta term."""
+    cfg = load_config([preset])
+    m = cfg.model
+    assert m.encoder == "conv" and not cfg.distill.enabled
+    d, S, Dt, H = m.cnn_depth, m.stoch, m.deter, m.hidden
+    wm = WorldModel(m, A)
+    assert wm.encoder.out_dim == 1024 and d == 32
+    enc = conv(3, d, 4) + conv(d, 2 * d, 4) + conv(2 * d, 4 * d, 4) + conv(4 * d, 8 * d, 4)
+    dec = lin(S + Dt, 32 * d) + conv(32 * d, 4 * d, 5) + conv(4 * d, 2 * d, 5) \
+        + conv(2 * d, d, 6) + conv(d, 3, 6)
+    assert (n_params(wm.encoder), n_params(wm.decoder)) == (enc, dec) == (690_144, 3_816_035)
+    assert n_params(wm.rssm.obs_out) == lin(Dt + 1024, H) + lin(H, 2 * S)
+    image = torch.randint(0, 256, (2, 3, 64, 64, 3), dtype=torch.uint8)
+    assert wm.embed(image).shape == (2, 3, 1024)
+    # The flattening is DreamerV2's (H, W, C) order whatever the memory layout.
+    x = torch.randint(0, 256, (1, 64, 64, 3), dtype=torch.uint8)
+    h = wm.encoder.convs(preprocess_image(x).permute(0, 3, 1, 2))
+    torch.testing.assert_close(wm.embed(x)[0], h[0].permute(1, 2, 0).reshape(-1))
+    batch = {"image": image, "action": torch.zeros(2, 3, A), "reward": torch.zeros(2, 3),
+             "is_first": torch.zeros(2, 3, dtype=torch.bool),
+             "is_terminal": torch.zeros(2, 3, dtype=torch.bool)}
+    losses, _ = wm.loss(batch)
+    assert set(losses) == {"image", "reward", "kl"} == set(wm.scales(eta=None))
+    assert wm.decoder(torch.zeros(2, 3, S + Dt)).shape == (2, 3, 64, 64, 3)
+
+
+def test_conv_encoder_with_distillation_is_refused():
+    with pytest.raises(ConfigError, match="distill.enabled=true needs model.encoder=beta_vae"):
+        load_config([], ["model.encoder=conv"])
+
+
 def test_eta_schedule_default_and_delayed_pusher():
     d = load_config(["tiny"]).distill
     for step, eta in [(0, 0.1), (10_000, 0.08), (25_000, 0.05), (45_000, 0.01), (50_000, 0.01),
                       (1_000_000, 0.01)]:
         assert eta_at(step, d) == pytest.approx(eta)
+    # Pusher: the released line with its step counter fixed, eta = 0.1 max(2 - t/50000, 0.1)
+    # from t = 50k agent steps (slope 1/50000, floor 0.01 at 95k), and no distillation before.
     p = load_config(["tiny", "reacher_easy_to_pusher"]).distill
-    assert (p.start_step, p.decay_steps) == (50_000, 45_000)
-    for step, eta in [(0, 0.0), (49_999, 0.0), (50_000, 0.1), (72_500, 0.05), (90_500, 0.01),
-                      (95_000, 0.01), (500_000, 0.01)]:
+    for step in [*range(50_000, 120_001, 2_500), 90_500, 94_999, 500_000]:
+        assert eta_at(step, p) == pytest.approx(0.1 * max(2 - step / 50_000, 0.1)), step
+    for step, eta in [(0, 0.0), (49_999, 0.0), (50_000, 0.1), (72_500, 0.055), (90_500, 0.019),
+                      (95_000, 0.01)]:
         assert eta_at(step, p) == pytest.approx(eta)
     off = load_config(["tiny", "no_distill"]).distill
     assert eta_at(0, off) == 0.0

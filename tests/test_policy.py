@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diswm.agent import Policy
-from diswm.config import load_config
+from diswm.config import load_config, replace
 from diswm.models import RSSM
 from learner import Learner
 
@@ -27,26 +27,44 @@ def obs(image, first):
     return {"image": image, "is_first": np.asarray(first, bool)}
 
 
-def test_eval_actions_equal_the_learner_modules(setup):
+@pytest.mark.parametrize("state_mean", [False, True])
+def test_eval_actions_equal_the_learner_modules(setup, state_mean):
+    """Eval: the actor's mode, with z and the latent sampled as DreamerV2 does by default
+    (eval_state_mean false), or their means."""
     cfg, learner, frames = setup
+    cfg = replace(cfg, train={"eval_state_mean": state_mean})
     policy = Policy(cfg, A, N, mode="eval")
     policy.load_weights(*learner.get_weights("policy"))
     assert policy.version == learner.version
     wm, actor = learner.wm, learner.ac.actor
     state, prev = wm.rssm.initial(N), torch.zeros(N, A)
+    sample = not state_mean
     with torch.no_grad():
         for t in range(len(frames)):
             first = np.full(N, t == 0)
+            torch.manual_seed(t)
             got = policy(obs(frames[t], first))
-            _, _, z = wm.encoder(torch.as_tensor(frames[t]), sample=False)
-            state, _ = wm.rssm.obs_step(state, prev, z, torch.as_tensor(first), sample=False)
+            torch.manual_seed(t)
+            _, _, z = wm.encoder(torch.as_tensor(frames[t]), sample=sample)
+            state, _ = wm.rssm.obs_step(state, prev, z, torch.as_tensor(first), sample=sample)
             prev = actor(RSSM.feat(state)).mode()
             np.testing.assert_allclose(got, prev.numpy(), rtol=1e-5, atol=1e-6)
             assert got.shape == (N, A) and got.dtype == np.float32
+    if sample:  # the latents really are sampled: other draws give other actions
+        assert not np.allclose(_first_action(cfg, learner, frames, 7),
+                               _first_action(cfg, learner, frames, 8))
+
+
+def _first_action(cfg, learner, frames, seed):
+    policy = Policy(cfg, A, N, mode="eval")
+    policy.load_weights(*learner.get_weights("policy"))
+    torch.manual_seed(seed)
+    return policy(obs(frames[0], np.ones(N)))
 
 
 def test_is_first_resets_only_that_env(setup):
     cfg, learner, frames = setup
+    cfg = replace(cfg, train={"eval_state_mean": True})  # deterministic
     policy = Policy(cfg, A, N, mode="eval")
     policy.load_weights(*learner.get_weights())  # the full state dict works too
     for t in range(3):

@@ -6,8 +6,9 @@
     action_NA = policy(obs)                                 # float32 in [-1, 1]
 
 ``is_first`` resets that env's state and previous action (DreamerV2: the state is zeroed at the
-start of an episode). ``explore`` samples z, the latent and the action; ``eval`` takes the means
-and the actor's mode.
+start of an episode). ``explore`` samples z, the latent and the action; ``eval`` takes the actor's
+mode and, as DreamerV2 does by default (``eval_state_mean: False``), still samples z and the
+latent state; `train.eval_state_mean` takes their means instead.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from diswm.config import Config
 from diswm.models.behaviour import Actor
-from diswm.models.nets import BetaVAEEncoder
+from diswm.models.nets import make_encoder
 from diswm.models.rssm import RSSM
 
 MODES = ("explore", "eval")
@@ -34,10 +35,11 @@ class Policy:
         m = cfg.model
         self.device = torch.device(device)
         self.mode = mode
+        self.eval_state_mean = cfg.train.eval_state_mean
         self.num_envs, self.action_dim = num_envs, action_dim
-        self.encoder = BetaVAEEncoder(m.cnn_depth, m.z_dim, cfg.env.size)
-        self.rssm = RSSM(embed_dim=m.z_dim, action_dim=action_dim, stoch=m.stoch, deter=m.deter,
-                         hidden=m.hidden)
+        self.encoder = make_encoder(m, cfg.env.size)
+        self.rssm = RSSM(embed_dim=self.encoder.out_dim, action_dim=action_dim, stoch=m.stoch,
+                         deter=m.deter, hidden=m.hidden)
         self.actor = Actor(self.rssm.feat_dim, action_dim, cfg.behaviour.actor_layers, m.units,
                            cfg.behaviour.actor_dist)
         self._modules = {"wm.encoder.": self.encoder, "wm.rssm.": self.rssm,
@@ -69,8 +71,9 @@ class Policy:
             raise ValueError(f"expected {self.num_envs} envs, got image {tuple(image.shape)} "
                              f"and is_first {tuple(is_first.shape)}")
         explore = self.mode == "explore"
-        _, _, z = self.encoder(image, sample=explore)
-        post, _ = self.rssm.obs_step(self.state, self.prev_action, z, is_first, sample=explore)
+        sample = explore or not self.eval_state_mean
+        embed = self.encoder.embed(image, sample=sample)
+        post, _ = self.rssm.obs_step(self.state, self.prev_action, embed, is_first, sample=sample)
         dist = self.actor(RSSM.feat(post))
         action = dist.sample() if explore else dist.mode()
         self.state, self.prev_action = post, action

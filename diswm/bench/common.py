@@ -46,6 +46,17 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def format_rate(rate: float) -> str:
+    """A rate people can read at any speed: "412/s", "3.41/s", or "2.93 s each" below 1/s."""
+    if rate >= 100:
+        return f"{rate:.0f}/s"
+    if rate >= 1:
+        return f"{rate:.3g}/s"
+    if rate > 0:
+        return f"{1 / rate:.3g} s each"
+    return "none"
+
+
 def interleaved_rates(cases: Mapping[str, Callable[[int], int]], work: int, rounds: int,
                       progress: Callable[[str], None] | None = None) -> dict[str, dict[str, float]]:
     """Run every case `rounds` times, round-robin, so drift on a shared machine hits all alike.
@@ -61,7 +72,7 @@ def interleaved_rates(cases: Mapping[str, Callable[[int], int]], work: int, roun
             samples[name].append(units / (time.perf_counter() - start))
         if progress:
             progress(f"round {r + 1}/{rounds}: " + ", ".join(
-                f"{n} {s[-1]:.0f}/s" for n, s in samples.items()))
+                f"{n} {format_rate(s[-1])}" for n, s in samples.items()))
     return {name: {"median": statistics.median(s), "min": min(s), "max": max(s)}
             for name, s in samples.items()}
 

@@ -17,9 +17,10 @@ from diswm.models.precision import fp32
 
 
 def kaiming_init(module: nn.Module) -> None:
-    """Kaiming-normal weights and zero biases for conv/linear layers (the beta-VAE's init)."""
+    """Kaiming-normal weights and zero biases for Linear and Conv2d layers (the beta-VAE's init,
+    as released: its `kaiming_init` leaves ConvTranspose2d at PyTorch's default init)."""
     for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
             nn.init.kaiming_normal_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -104,6 +105,15 @@ class BetaVAEEncoder(nn.Module):
         z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if sample else mean
         return (mean.reshape(*lead, -1), logvar.reshape(*lead, -1), z.reshape(*lead, -1))
 
+    @property
+    def out_dim(self) -> int:
+        """Size of the observation embedding the RSSM sees: the z."""
+        return self.z_dim
+
+    def embed(self, image: Tensor, sample: bool = True) -> Tensor:
+        """The RSSM's observation embedding: z sampled from q(z|o), or its mean."""
+        return self.forward(image, sample=sample)[2]
+
 
 class ImageDecoder(nn.Module):
     """Features (..., F) -> pixel means (..., H, W, 3) of Normal(mean, 1) (DESIGN.md section 1):
@@ -130,6 +140,101 @@ class ImageDecoder(nn.Module):
             h = h.contiguous(memory_format=torch.channels_last)
         mean_NCHW = fp32(self.deconvs(h))
         return mean_NCHW.permute(0, 2, 3, 1).reshape(*lead, *mean_NCHW.shape[-2:], 3)
+
+
+def _glorot(module: nn.Module) -> None:
+    """Glorot-uniform weights and zero biases: DreamerV2's (Keras) default initialisation."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class ConvEncoder(nn.Module):
+    """DreamerV2's image encoder (Hafner et al. 2021; the DreamerV2 and DV2-finetune baselines):
+    four 4x4 stride-2 'valid' convs with depths d, 2d, 4d, 8d and ELU, flattened: 64x64 frames
+    -> 8d x 2 x 2 = 1024 features at d = 32. No bottleneck, no distribution."""
+
+    def __init__(self, depth: int, size: int = 64):
+        super().__init__()
+        if size != 64:
+            raise ValueError(f"model.encoder=conv (DreamerV2's) needs 64x64 frames, got {size}")
+        d = depth
+        self.convs = nn.Sequential(
+            nn.Conv2d(3, d, 4, 2), nn.ELU(),
+            nn.Conv2d(d, 2 * d, 4, 2), nn.ELU(),
+            nn.Conv2d(2 * d, 4 * d, 4, 2), nn.ELU(),
+            nn.Conv2d(4 * d, 8 * d, 4, 2), nn.ELU(),  # -> (8d, 2, 2)
+        )
+        self.depth = d
+        self.channels_last = False
+        _glorot(self)
+
+    @property
+    def out_dim(self) -> int:
+        return 32 * self.depth
+
+    def embed(self, image: Tensor, sample: bool = True) -> Tensor:
+        """(..., H, W, C) frames (uint8 or preprocessed) -> (..., 32d) features (`sample` is
+        accepted for the encoders' common interface; there is nothing to sample)."""
+        lead = image.shape[:-3]
+        x_NHWC = image.reshape(-1, *image.shape[-3:])
+        if x_NHWC.dtype == torch.uint8:
+            x_NHWC = preprocess_image(x_NHWC)
+        x_NCHW = x_NHWC.permute(0, 3, 1, 2)
+        if not self.channels_last:
+            x_NCHW = x_NCHW.contiguous()
+        # Flatten in (C, H, W) order whatever the memory layout, as DreamerV2 reshapes NHWC.
+        h = self.convs(x_NCHW).permute(0, 2, 3, 1).reshape(x_NCHW.shape[0], -1)
+        return fp32(h).reshape(*lead, -1)
+
+
+class ConvDecoder(nn.Module):
+    """DreamerV2's image decoder from the model state: Linear(feat -> 32d), as a 1x1 map, then
+    transposed convs with kernels 5, 5, 6, 6 (stride 2) and depths 4d, 2d, d, 3 with ELU between:
+    1 -> 5 -> 13 -> 30 -> 64 pixels. Output: pixel means (..., 64, 64, 3) of Normal(mean, 1)."""
+
+    def __init__(self, feat_dim: int, depth: int, size: int = 64):
+        super().__init__()
+        if size != 64:
+            raise ValueError(f"model.encoder=conv (DreamerV2's decoder) needs 64x64 frames, "
+                             f"got {size}")
+        d = depth
+        self.fc = nn.Linear(feat_dim, 32 * d)
+        self.deconvs = nn.Sequential(
+            nn.ConvTranspose2d(32 * d, 4 * d, 5, 2), nn.ELU(),
+            nn.ConvTranspose2d(4 * d, 2 * d, 5, 2), nn.ELU(),
+            nn.ConvTranspose2d(2 * d, d, 6, 2), nn.ELU(),
+            nn.ConvTranspose2d(d, 3, 6, 2),
+        )
+        self.channels_last = False
+        _glorot(self)
+
+    def forward(self, feat: Tensor) -> Tensor:
+        lead = feat.shape[:-1]
+        h = self.fc(feat.reshape(-1, feat.shape[-1]))[:, :, None, None]
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
+        mean_NCHW = fp32(self.deconvs(h))
+        return mean_NCHW.permute(0, 2, 3, 1).reshape(*lead, *mean_NCHW.shape[-2:], 3)
+
+
+ENCODERS = ("beta_vae", "conv")
+
+
+def make_encoder(cfg, size: int = 64) -> BetaVAEEncoder | ConvEncoder:
+    """`model.encoder`: "beta_vae" (DisWM's 20-d z) or "conv" (DreamerV2's 1024-d features)."""
+    if cfg.encoder == "conv":
+        return ConvEncoder(cfg.cnn_depth, size)
+    return BetaVAEEncoder(cfg.cnn_depth, cfg.z_dim, size)
+
+
+def make_decoder(cfg, feat_dim: int, size: int = 64) -> ImageDecoder | ConvDecoder:
+    """The decoder that goes with `model.encoder` (DESIGN.md section 1)."""
+    if cfg.encoder == "conv":
+        return ConvDecoder(feat_dim, cfg.cnn_depth, size)
+    return ImageDecoder(feat_dim, cfg.cnn_depth, cfg.z_dim, size)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from diswm.config import ModelConfig
 from diswm.models.dists import image_nll
 from diswm.models.losses import balanced_kl, standard_normal_kl
-from diswm.models.nets import BetaVAEEncoder, ImageDecoder, preprocess_image
+from diswm.models.nets import BetaVAEEncoder, make_decoder, make_encoder, preprocess_image
 from diswm.models.rssm import RSSM
 
 
@@ -33,25 +33,33 @@ class VideoModel(nn.Module):
 
     def __init__(self, cfg: ModelConfig, size: int = 64):
         super().__init__()
-        self.encoder = BetaVAEEncoder(cfg.cnn_depth, cfg.z_dim, size)
-        self.rssm = RSSM(embed_dim=cfg.z_dim, action_dim=0, stoch=cfg.stoch, deter=cfg.deter,
-                         hidden=cfg.hidden)
-        self.decoder = ImageDecoder(self.rssm.feat_dim, cfg.cnn_depth, cfg.z_dim, size)
+        self.beta_vae = cfg.encoder == "beta_vae"
+        self.encoder = make_encoder(cfg, size)
+        self.rssm = RSSM(embed_dim=self.encoder.out_dim, action_dim=0, stoch=cfg.stoch,
+                         deter=cfg.deter, hidden=cfg.hidden)
+        self.decoder = make_decoder(cfg, self.rssm.feat_dim, size)
 
     def loss(self, image_BTHWC: Tensor, is_first_BT: Tensor, *, balance: float,
              free: float) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         image_BTHWC = preprocess_image(image_BTHWC)  # once, for the encoder and the image loss
-        z_mean, z_logvar, z_BTZ = self.encoder(image_BTHWC)
-        post, prior = self.rssm.observe(z_BTZ, None, is_first_BT)
+        if self.beta_vae:
+            z_mean, z_logvar, embed_BTE = self.encoder(image_BTHWC)
+        else:  # DV2-finetune's pretraining: DreamerV2's conv encoder, no bottleneck
+            embed_BTE = self.encoder.embed(image_BTHWC)
+        post, prior = self.rssm.observe(embed_BTE, None, is_first_BT)
         recon_BTHWC = self.decoder(RSSM.feat(post))
         kl_loss, kl_value = balanced_kl(post, prior, balance, free)
-        losses = {"image": image_nll(recon_BTHWC, image_BTHWC), "kl": kl_loss,
-                  "beta": standard_normal_kl(z_mean, z_logvar).mean()}
+        losses = {"image": image_nll(recon_BTHWC, image_BTHWC), "kl": kl_loss}
+        if self.beta_vae:
+            losses["beta"] = standard_normal_kl(z_mean, z_logvar).mean()
         return losses, {"kl_value": kl_value, "post": post}
 
 
 def video_scales(cfg: ModelConfig, *, beta: float) -> dict[str, float]:
-    return {"image": cfg.image_scale, "kl": cfg.kl_scale, "beta": beta}
+    scales = {"image": cfg.image_scale, "kl": cfg.kl_scale}
+    if cfg.encoder == "beta_vae":
+        scales["beta"] = beta
+    return scales
 
 
 def load_pretrained(path: str | Path) -> dict[str, Tensor]:
@@ -79,7 +87,14 @@ def make_teacher(cfg: ModelConfig, state: Mapping[str, Tensor], size: int = 64) 
 
     It is never registered in a module an optimizer sees (DESIGN.md: the released code left the
     teacher in the model optimizer and trained it)."""
+    if cfg.encoder != "beta_vae":
+        raise ValueError("a distillation teacher needs model.encoder=beta_vae")
     teacher = BetaVAEEncoder(cfg.cnn_depth, cfg.z_dim, size)
-    teacher.load_state_dict(sub_state(state, "encoder."))
+    try:
+        teacher.load_state_dict(sub_state(state, "encoder."))
+    except RuntimeError as err:
+        raise ValueError("the teacher checkpoint's encoder does not fit model.encoder=beta_vae "
+                         f"with z_dim={cfg.z_dim}, cnn_depth={cfg.cnn_depth} (was it pretrained "
+                         f"with other model settings?): {str(err).splitlines()[0]}") from None
     teacher.eval().requires_grad_(False)
     return teacher

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from diswm.config import DistillConfig, ModelConfig
 from diswm.models.dists import image_nll, unit_normal_nll
 from diswm.models.losses import balanced_kl, distill_kl, standard_normal_kl
-from diswm.models.nets import MLP, BetaVAEEncoder, ImageDecoder, preprocess_image
+from diswm.models.nets import MLP, make_decoder, make_encoder, preprocess_image
 from diswm.models.rssm import RSSM, State
 
 
@@ -42,16 +42,22 @@ class WorldModel(nn.Module):
     def __init__(self, cfg: ModelConfig, action_dim: int, size: int = 64):
         super().__init__()
         self.cfg = cfg
-        self.encoder = BetaVAEEncoder(cfg.cnn_depth, cfg.z_dim, size)
-        self.rssm = RSSM(embed_dim=cfg.z_dim, action_dim=action_dim, stoch=cfg.stoch,
+        self.encoder = make_encoder(cfg, size)
+        self.rssm = RSSM(embed_dim=self.encoder.out_dim, action_dim=action_dim, stoch=cfg.stoch,
                          deter=cfg.deter, hidden=cfg.hidden)
         feat = self.rssm.feat_dim
-        self.decoder = ImageDecoder(feat, cfg.cnn_depth, cfg.z_dim, size)
+        self.decoder = make_decoder(cfg, feat, size)
         self.reward = MLP(feat, 1, cfg.reward_layers, cfg.units)
         self.discount = MLP(feat, 1, cfg.reward_layers, cfg.units) if cfg.discount_head else None
 
+    def embed(self, image: Tensor, sample: bool = True) -> Tensor:
+        """Frames (..., H, W, C), uint8 or preprocessed, -> the RSSM's observation embedding
+        (..., E): the student encoder's z (sampled, or its mean with `sample=False`), or
+        DreamerV2's conv features."""
+        return self.encoder.embed(image, sample=sample)
+
     def loss(self, batch: Mapping[str, Tensor], *, z_teacher_BTZ: Tensor | None = None,
-             distill_reduction: str = "mean") -> tuple[dict[str, Tensor], dict]:
+             distill_reduction: str = "batchmean") -> tuple[dict[str, Tensor], dict]:
         """Named loss terms (each a scalar averaged over batch x time) and auxiliaries.
 
         batch: image_BTHWC uint8 (or float from `preprocess_image`), action_BTA (the action that led to each obs), reward_BT,
@@ -61,35 +67,44 @@ class WorldModel(nn.Module):
         image = batch["image"]  # uint8, or already preprocessed (the learner shares it)
         if image.dtype == torch.uint8:
             image = preprocess_image(image)  # once, for the encoder and the image loss
-        z_mean, z_logvar, z_BTZ = self.encoder(image)
-        post, prior = self.rssm.observe(z_BTZ, batch["action"], batch["is_first"])
+        beta_vae = self.cfg.encoder == "beta_vae"
+        if beta_vae:
+            z_mean, z_logvar, embed_BTE = self.encoder(image)
+        else:
+            embed_BTE = self.encoder.embed(image)
+        post, prior = self.rssm.observe(embed_BTE, batch["action"], batch["is_first"])
         feat_BTF = RSSM.feat(post)
         recon = self.decoder(feat_BTF)
         losses = {
             "image": image_nll(recon, image),
             "reward": unit_normal_nll(self.reward(feat_BTF)[..., 0], batch["reward"], 0).mean(),
-            "beta": standard_normal_kl(z_mean, z_logvar).mean(),
         }
+        if beta_vae:
+            losses["beta"] = standard_normal_kl(z_mean, z_logvar).mean()
         losses["kl"], kl_value = balanced_kl(post, prior, cfg.kl_balance, cfg.kl_free)
         if self.discount is not None:
             target = 1.0 - batch["is_terminal"].float()
             logits = self.discount(feat_BTF)[..., 0]
             losses["discount"] = nn.functional.binary_cross_entropy_with_logits(logits, target)
         if z_teacher_BTZ is not None:
-            per_step_BT = distill_kl(z_teacher_BTZ, z_BTZ)
+            per_step_BT = distill_kl(z_teacher_BTZ, embed_BTE)
             # "batchmean" reproduces the released F.kl_div(reduction="batchmean") on (B, T, Z):
             # summed over time, averaged over the batch only.
             losses["distill"] = (per_step_BT.sum(1).mean() if distill_reduction == "batchmean"
                                  else per_step_BT.mean())
-        aux = {"post": {k: v.detach() for k, v in post.items()}, "kl_value": kl_value,
-               "z_std": torch.exp(0.5 * z_logvar).mean().detach()}
+        aux = {"post": {k: v.detach() for k, v in post.items()}, "kl_value": kl_value}
+        if beta_vae:
+            aux["z_std"] = torch.exp(0.5 * z_logvar).mean().detach()
+        if z_teacher_BTZ is not None:
+            aux["z_student"] = embed_BTE  # for the distillation term's share of the gradient
         return losses, aux
 
     def scales(self, *, eta: float | None) -> dict[str, float]:
         """Loss scales from the config; `eta=None` means no distillation term is computed."""
         cfg = self.cfg
-        scales = {"image": cfg.image_scale, "reward": cfg.reward_scale, "beta": cfg.beta,
-                  "kl": cfg.kl_scale}
+        scales = {"image": cfg.image_scale, "reward": cfg.reward_scale, "kl": cfg.kl_scale}
+        if cfg.encoder == "beta_vae":
+            scales["beta"] = cfg.beta
         if self.discount is not None:
             scales["discount"] = cfg.discount_scale
         if eta is not None:

@@ -3,7 +3,8 @@
     diswm experiment cheetah_run_to_walker_walk --baselines dreamerv2 --seeds 2 --budget cpu
 
 1. collect (or reuse) distracting videos of the transfer's source task -> ``OUT/data``;
-2. pretrain (or reuse) a teacher per beta_2 the methods need -> ``OUT/teacher-beta<b>/``;
+2. pretrain (or reuse) a teacher per beta_2 the methods need -> ``OUT/teacher-beta<b>/`` (and
+   DreamerV2's conv model for DV2-finetune -> ``OUT/pretrained-conv/``);
 3. train every method x seed on the distributed runtime (`run_job`) -> ``OUT/runs/<method>-seed<k>``
    (the colour scheme switches at the midpoint; a finished run is skipped, an interrupted one
    resumes from its checkpoint and its Redis AOF);
@@ -80,8 +81,11 @@ def run_experiment(transfer: str, *, methods: Sequence[str] = ("diswm",), seeds:
         cfg = load_config(presets, overrides)
         teacher = None
         if cfg.distill.enabled or cfg.distill.finetune:
-            teacher = ensure_teacher(cfg, out / "data", out / f"teacher-beta{cfg.pretrain.beta:g}",
-                                     progress)
+            # DisWM's teachers are beta-VAE video models (one per beta_2); DV2-finetune
+            # pretrains DreamerV2's own conv architecture on the same videos.
+            name = (f"teacher-beta{cfg.pretrain.beta:g}" if cfg.model.encoder == "beta_vae"
+                    else f"pretrained-{cfg.model.encoder}")
+            teacher = ensure_teacher(cfg, out / "data", out / name, progress)
         for seed in range(seeds):
             run_dir = out / "runs" / f"{method}-seed{seed}"
             runs.append(run_dir)
