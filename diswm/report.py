@@ -50,9 +50,15 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         rows = [{"env_steps": int(r["env_steps"]), "return": float(r["return_mean"])}
                 for r in csv.DictReader(f)]
     every = int(cfg["train"]["eval_every"])
+    random_path = run_dir / "random.json"
+    dist = cfg.get("distraction", {})
+    switch = (float(dist["switch_at"]) * int(cfg["train"]["steps"])
+              if dist.get("enabled") and float(dist.get("switch_at", 1.0)) < 1.0 else None)
     return {"dir": str(run_dir), "task": cfg["env"]["task"],
             "method": meta.get("method", "run"), "seed": meta.get("seed", cfg["train"]["seed"]),
-            "transfer": meta.get("transfer"), "eval_every": every, "rows": rows}
+            "transfer": meta.get("transfer"), "eval_every": every, "rows": rows,
+            "random": (json.loads(random_path.read_text())["return_mean"]
+                       if random_path.exists() else None), "switch": switch}
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, float]]]:
@@ -96,10 +102,23 @@ def plot(agg, runs, out: Path) -> list[Path]:
                 continue
             xs = np.array([p["env_steps"] for p in points])
             ys = np.array([p["mean"] for p in points])
-            ci = np.array([p["ci"] for p in points])
             n = max(p["n"] for p in points)
-            line, = ax.plot(xs, ys, marker="o", label=f"{method} (n={n})")
-            ax.fill_between(xs, ys - ci, ys + ci, alpha=0.2, color=line.get_color())
+            line, = ax.plot(xs, ys, marker="o", lw=2, label=f"{method} (mean of {n})")
+            seeds = [r for r in runs if r["task"] == task and r["method"] == method]
+            for run in seeds:  # every seed visible
+                ax.plot([r["env_steps"] for r in run["rows"]], [r["return"] for r in run["rows"]],
+                        lw=0.8, alpha=0.6, color=line.get_color())
+            if n >= 5:  # a t-band only where it means something; with few seeds the lines speak
+                ci = np.array([p["ci"] for p in points])
+                ax.fill_between(xs, ys - ci, ys + ci, alpha=0.15, color=line.get_color())
+        randoms = [r["random"] for r in runs if r["task"] == task and r["random"] is not None]
+        if randoms:
+            ax.axhline(float(np.mean(randoms)), color="black", ls=":", lw=1,
+                       label=f"random policy ({np.mean(randoms):.0f})")
+        switches = {r["switch"] for r in runs if r["task"] == task and r["switch"]}
+        for sw in sorted(switches):
+            ax.axvline(sw, color="grey", ls="--", lw=1)
+            ax.text(sw, ax.get_ylim()[1], " scheme A -> B", fontsize=7, va="top", color="grey")
         ours = max((p["env_steps"] for (t, _), pts in agg.items() if t == task for p in pts),
                    default=0)
         notes = []
@@ -128,14 +147,21 @@ def plot(agg, runs, out: Path) -> list[Path]:
 
 def table(agg, runs) -> str:
     transfers = {r["task"]: r["transfer"] for r in runs}
-    lines = ["| task | method | seeds | env steps | final return (mean ± 95% CI) | paper at 0.5M / 1M |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| task | method | seeds | env steps | final return: mean (per seed) | best mean "
+             "| random policy | paper at 0.5M / 1M |", "|---|---|---|---|---|---|---|---|"]
     for (task, method), points in sorted(agg.items()):
         last = points[-1]
         ref = _reference(transfers.get(task)).get(method, {})
         paper = " / ".join(f"{ref[s]:g}" for s in sorted(ref)) if ref else "–"
+        seeds = sorted((r for r in runs if r["task"] == task and r["method"] == method),
+                       key=lambda r: r["seed"])
+        finals = ", ".join(f"{r['rows'][-1]['return']:.1f}" for r in seeds if r["rows"])
+        randoms = [r["random"] for r in seeds if r["random"] is not None]
+        rand = f"{np.mean(randoms):.1f}" if randoms else "–"
+        best = max(points, key=lambda p: p["mean"])
         lines.append(f"| {transfers.get(task) or task} | {method} | {last['n']} | "
-                     f"{last['env_steps']} | {last['mean']:.1f} ± {last['ci']:.1f} | {paper} |")
+                     f"{last['env_steps']} | {last['mean']:.1f} ({finals}) | "
+                     f"{best['mean']:.1f} at {best['env_steps']} | {rand} | {paper} |")
     return "\n".join(lines) + "\n"
 
 

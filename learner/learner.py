@@ -35,6 +35,7 @@ from diswm.models import (
     make_teacher,
 )
 from diswm.models.compiled import Compiled
+from diswm.models.losses import distill_kl
 from diswm.models.nets import BetaVAEEncoder, preprocess_image, resolve_device
 from diswm.models.precision import Group, backward_and_step, resolve_precision
 
@@ -130,7 +131,8 @@ class Learner:
         share = None
         if diagnostics and "distill" in wm_losses:
             if eta:
-                share = self._distill_share(eta * wm_losses["distill"], aux["z_student"])
+                share = self._distill_share(eta, wm_losses["distill"], aux["z_student"],
+                                            data["image"], z_teacher)
             else:  # eta is 0 before a delayed start (Pusher): the term has no gradient
                 metrics["distill_grad_share"] = torch.zeros(())
         norms = backward_and_step({"model": self._group("model", wm_loss, self.wm)},
@@ -171,10 +173,25 @@ class Learner:
                     "update_seconds": time.perf_counter() - start_time})
         return out
 
-    def _distill_share(self, term: Tensor, z_student: Tensor) -> Tensor:
-        """Norm of d(term)/d(student encoder parameters); the graph is kept for the step."""
+    def _distill_share(self, eta: float, distill: Tensor, z_student: Tensor, image: Tensor,
+                       z_teacher: Tensor) -> Tensor:
+        """Norm of the gradient of eta * L_distill on the student encoder's parameters.
+
+        Eager: exactly the term of this update (autograd.grad, the graph kept for the step). A
+        compiled world-model loss cannot be differentiated twice, so there the term is recomputed
+        eagerly through the encoder alone, with fresh noise for the sampled z (the same term in
+        distribution; a diagnostic, not the step)."""
         params = [p for p in self.wm.encoder.parameters() if p.requires_grad]
-        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        if self._wm_loss.state == "compiled":
+            with self.precision.autocast():
+                z = self.wm.encoder.embed(image)
+                per_step_BT = distill_kl(z_teacher, z)
+                distill = (per_step_BT.sum(1).mean() if self.cfg.distill.reduction == "batchmean"
+                           else per_step_BT.mean())
+            grads = torch.autograd.grad(eta * distill, params, allow_unused=True)
+        else:
+            grads = torch.autograd.grad(eta * distill, params, retain_graph=True,
+                                        allow_unused=True)
         return torch.stack([g.float().norm() for g in grads if g is not None]).norm()
 
     @property

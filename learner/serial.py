@@ -92,6 +92,48 @@ def evaluate_recorded(cfg: Config, learner: Learner, episodes: int, scheme: str,
     return returns, recording
 
 
+RANDOM = "random.json"
+
+
+def random_returns(cfg: Config, episodes: int, seed: int) -> list[float]:
+    """Returns of a uniform-random policy on the run's task (the reference every learning
+    curve is read against; the colour scheme does not change a random policy's returns)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    with make_env(cfg.env, cfg.distraction, seed=seed) as env:
+        shape = env.act_space.shape  # actions in [-1, 1]
+        for _ in range(episodes):
+            obs, total = env.reset(), 0.0
+            while not obs["is_last"]:
+                obs = env.step(rng.uniform(-1.0, 1.0, shape).astype(np.float32))
+                total += float(obs["reward"])
+            out.append(total)
+    return out
+
+
+def ensure_random_reference(cfg: Config, run_dir: Path, episodes: int = 10,
+                            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``random.json`` in the run folder: a uniform-random policy's returns on the task,
+    measured once (a resumed run reuses them)."""
+    path = Path(run_dir) / RANDOM
+    if path.exists():
+        return json.loads(path.read_text())
+    returns = random_returns(cfg, episodes, seed=cfg.train.seed + 30_000)
+    ref = {"task": cfg.env.task, "episodes": episodes, "returns": returns,
+           "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(ref, indent=1) + "\n")
+    if progress:
+        progress(f"random policy on {cfg.env.task}: return {ref['return_mean']:.1f} "
+                 f"+- {ref['return_std']:.1f} over {episodes} episodes")
+    return ref
+
+
+def read_random_reference(run_dir: Path) -> float | None:
+    path = Path(run_dir) / RANDOM
+    return json.loads(path.read_text())["return_mean"] if path.exists() else None
+
+
 def open_loop_eval(learner: Learner, recording: dict[str, np.ndarray] | None, run_dir: Path,
                    env_steps: int, title: str) -> dict[str, float | None]:
     """Open-loop diagnostics of the learner's world model on an eval recording: writes
@@ -113,7 +155,8 @@ def openl_note(row: dict[str, Any]) -> str:
             f"{row['openl_reward_mae']:.3f}")
 
 
-def plot_curve(evals: list[dict], path: Path, title: str, switch_at: float | None) -> None:
+def plot_curve(evals: list[dict], path: Path, title: str, switch_at: float | None,
+               random_return: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,6 +169,8 @@ def plot_curve(evals: list[dict], path: Path, title: str, switch_at: float | Non
                     alpha=0.2)
     if switch_at is not None:
         ax.axvline(switch_at, color="grey", ls="--", label="scheme switch")
+    if random_return is not None:
+        ax.axhline(random_return, color="tab:red", ls=":", label="random policy")
     ax.set_xlabel("env steps")
     ax.set_ylabel("episode return")
     ax.set_title(title)
@@ -137,13 +182,15 @@ def plot_curve(evals: list[dict], path: Path, title: str, switch_at: float | Non
 
 def write_summary(run_dir: Path, cfg: Config, evals: list[dict], **fields: Any) -> dict[str, Any]:
     """metrics.json (the evaluations and `fields`) and curve.png of a training run folder."""
+    random_return = read_random_reference(run_dir)
     summary = {"task": cfg.env.task, **fields, "evaluations": evals,
-               "final_return": evals[-1]["return_mean"] if evals else None}
+               "final_return": evals[-1]["return_mean"] if evals else None,
+               "random_return": random_return}
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     if evals:
         switch = (cfg.distraction.switch_at * cfg.train.steps
                   if cfg.distraction.enabled and cfg.distraction.switch_at < 1 else None)
-        plot_curve(evals, run_dir / "curve.png", cfg.env.task, switch)
+        plot_curve(evals, run_dir / "curve.png", cfg.env.task, switch, random_return)
     return summary
 
 
@@ -152,6 +199,7 @@ class SerialRunner:
                  progress: Callable[[str], None] = print, log_every: int = 10):
         self.cfg, self.run_dir, self.progress, self.log_every = cfg, Path(run_dir), progress, log_every
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_random_reference(cfg, self.run_dir, progress=progress)
         self.env = make_env(cfg.env, cfg.distraction, seed=cfg.train.seed)
         self.action_dim = int(self.env.act_space.shape[0])
         ckpt = self.run_dir / CHECKPOINT

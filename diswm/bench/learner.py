@@ -17,9 +17,9 @@ of this machine's matmul peak for the mode's dtype (a 2048^2 matmul timed in the
 and after the cases; the higher is kept), peak memory, and the ratio to the authors' update.
 
 Modes of one size are timed round-robin (`interleaved_rates`) on the same fixed batch, so drift
-hits them alike. Peak memory: CUDA peak allocated bytes on GPU; on CPU, the peak rise of the
-process's resident set over the case's updates (freed heap trimmed first), sampled every
-2 ms (an approximation).
+hits them alike. Peak memory is measured in a separate, untimed update per mode: CUDA peak
+allocated bytes on GPU; on CPU, the peak rise of the process's resident set over that update
+(freed heap trimmed first), sampled every 2 ms (an approximation).
 """
 
 from __future__ import annotations
@@ -140,13 +140,12 @@ class PeakMemory:
             self.peak = max(self.peak, max(self._top, _rss_bytes()) - self._base)
 
 
-def _case(learner, memory: PeakMemory, batch: dict) -> Callable[[int], int]:
+def _case(learner, batch: dict) -> Callable[[int], int]:
     def run(n: int) -> int:
-        with memory:
-            for _ in range(n):
-                learner.update(batch)
-            if learner.device.type == "cuda":
-                torch.cuda.synchronize()
+        for _ in range(n):
+            learner.update(batch)
+        if learner.device.type == "cuda":
+            torch.cuda.synchronize()
         return n
     return run
 
@@ -192,7 +191,12 @@ def bench_learner(*, presets: Sequence[str] = (), overrides: Sequence[str] = (),
                          + (f" ({compile_s[mode]:.1f} s compiling)" if compile_s[mode] else ""))
         flops = update_flops(learners["eager"], batch)
 
-        cases = {m: _case(learners[m], memory[m], batch) for m in modes}
+        # Peak memory in a pass of its own: the CPU sampler thread (every 2 ms) would slow the
+        # timed updates of small, Python-bound models by tens of percent.
+        for m in modes:
+            with memory[m]:
+                learners[m].update(batch)
+        cases = {m: _case(learners[m], batch) for m in modes}
         rates = interleaved_rates(cases, updates, rounds,
                                   (lambda msg, s=size: progress(f"{s}: {msg}")) if progress else None)
         base = rates["eager"]["median"]

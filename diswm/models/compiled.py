@@ -32,9 +32,9 @@ class Compiled:
     """`fn` compiled with `torch.compile(dynamic=False)` on first use, eager if that fails."""
 
     def __init__(self, fn: Callable, name: str, *, log: Callable[[str], None] | None = None,
-                 enabled: bool = True):
+                 enabled: bool = True, backend: str | Callable = "inductor"):
         self.fn, self.name, self.log = fn, name, log or (lambda msg: None)
-        self._compiled = torch.compile(fn, dynamic=False) if enabled else None
+        self._compiled = torch.compile(fn, dynamic=False, backend=backend) if enabled else None
         self.state = "pending" if enabled else "eager"  # pending -> compiled | fallback
         self.compile_seconds = 0.0  # the first compiled call (tracing + codegen + run)
         self.error = ""
@@ -51,13 +51,22 @@ class Compiled:
             with functorch_config.patch(force_non_lazy_backward_lowering=True):
                 out = self._compiled(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
-            self.state, self.error = "fallback", f"{type(err).__name__}: {err}".splitlines()[0]
+            self.state, self.error = "fallback", _one_line(err)
             self.log(f"compile: {self.name} runs eagerly; torch.compile failed ({self.error})")
             return self.fn(*args, **kwargs)
         self.state, self.compile_seconds = "compiled", time.perf_counter() - start
         self.log(f"compile: {self.name} compiled in {self.compile_seconds:.1f} s "
                  "(forward and backward)")
         return out
+
+
+def _one_line(err: BaseException) -> str:
+    """The error on one line; dynamo wraps a backend's error as "backend=... raised:" with the
+    cause on the next line, so a message ending in ':' takes its next line too."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    text = f"{type(err).__name__}: " + " ".join(lines[:2] if lines and lines[0].endswith(":")
+                                                 else lines[:1])
+    return text[:300]
 
 
 def compiler_available() -> tuple[bool, str]:

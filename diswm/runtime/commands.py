@@ -123,7 +123,9 @@ def cmd_monitor(args: argparse.Namespace, cfg) -> int:
 def cmd_experiment(args: argparse.Namespace, cfg) -> int:
     from diswm.runtime.experiment import METHODS, run_experiment
 
-    if args.baselines is None:
+    if args.methods:
+        methods = args.methods
+    elif args.baselines is None:
         methods = ["diswm"]
     else:
         methods = ["diswm"] + (args.baselines or [m for m in METHODS if m != "diswm"])
@@ -195,9 +197,12 @@ def add_commands(sub, add_config_args, load_config) -> None:
     p.add_argument("--baselines", nargs="*", default=None, metavar="METHOD",
                    help="also run baselines: dreamerv2 dv2_finetune no_distill no_beta "
                         "(no names: all of them)")
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="exactly these methods (instead of diswm + --baselines)")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--budget", choices=("cpu", "paper"), default="cpu",
-                   help="cpu: quickstart sizes (~9 min a run here); paper: 1M env steps (GPU)")
+                   help="cpu: the `cpu` preset (~45 min a run on 2 cores); paper: 1M env steps "
+                        "(GPU)")
     p.add_argument("--out", default=None, help="default runs/experiments/TRANSFER-BUDGET")
     p.add_argument("--config", nargs="+", default=[], metavar="PRESET",
                    help="extra presets applied after the budget's")

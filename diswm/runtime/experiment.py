@@ -28,7 +28,7 @@ METHODS: dict[str, tuple[str, ...]] = {
     "diswm": (), "dreamerv2": ("dreamerv2",), "dv2_finetune": ("dv2_finetune",),
     "no_distill": ("no_distill",), "no_beta": ("no_beta",),
 }
-BUDGETS: dict[str, tuple[str, ...]] = {"paper": (), "cpu": ("quickstart",)}
+BUDGETS: dict[str, tuple[str, ...]] = {"paper": (), "cpu": ("cpu",)}
 TRANSFERS = ("cheetah_run_to_walker_walk", "reacher_easy_to_cheetah_run",
              "cheetah_run_to_hopper_stand", "finger_spin_to_reacher_easy",
              "finger_spin_to_cartpole_swingup", "reacher_easy_to_pusher")
@@ -75,7 +75,7 @@ def run_experiment(transfer: str, *, methods: Sequence[str] = ("diswm",), seeds:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     assert set(TRANSFERS) <= set(preset_names())
     out = Path(out).resolve()
-    runs = []
+    plans = []
     for method in methods:
         presets = [*BUDGETS[budget], *extra_presets, transfer, *METHODS[method]]
         cfg = load_config(presets, overrides)
@@ -86,7 +86,10 @@ def run_experiment(transfer: str, *, methods: Sequence[str] = ("diswm",), seeds:
             name = (f"teacher-beta{cfg.pretrain.beta:g}" if cfg.model.encoder == "beta_vae"
                     else f"pretrained-{cfg.model.encoder}")
             teacher = ensure_teacher(cfg, out / "data", out / name, progress)
-        for seed in range(seeds):
+        plans.append((method, presets, cfg, teacher))
+    runs = []
+    for seed in range(seeds):  # seed-major: every method's seed 0 comes first
+        for method, presets, cfg, teacher in plans:
             run_dir = out / "runs" / f"{method}-seed{seed}"
             runs.append(run_dir)
             if (run_dir / "summary.json").exists():
@@ -100,6 +103,7 @@ def run_experiment(transfer: str, *, methods: Sequence[str] = ("diswm",), seeds:
             run_job(replace(cfg, train={"seed": seed}), run_dir,
                     teacher=str(teacher) if teacher else None, skip_pretrain=True,
                     progress=progress)
+            report(runs, out / "report")  # the report grows as runs finish
     summary = report(runs, out / "report")
     progress(f"report: {out / 'report' / 'results.md'}\n{summary['table']}")
     return summary

@@ -60,6 +60,9 @@ def run_job(cfg: Config, run_dir: str | Path, *, teacher: str | None = None,
     if teacher:
         cfg = replace(cfg, distill={"teacher": str(Path(teacher).resolve())})
     cfg.save(run_dir / "config.yaml")
+    from learner.serial import ensure_random_reference
+
+    random_ref = ensure_random_reference(cfg, run_dir, progress=progress)
     cluster = Cluster.create(cfg, run_dir)
     progress(f"run folder: {run_dir}")
     progress(f"replay: redis on {cluster.spec.host}:{cluster.spec.port} (password in "
@@ -103,10 +106,14 @@ def run_job(cfg: Config, run_dir: str | Path, *, teacher: str | None = None,
         summary["env_steps_per_second"] = counters["env_steps"] / max(
             summary["stages"].get("online_seconds", 1.0), 1e-9)
         summary["final_return"] = final["final_return"]
+    summary["random_return"] = random_ref["return_mean"]
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    final_return, rand = summary.get("final_return"), random_ref["return_mean"]
+    versus = (f" vs {rand:.1f} for a random policy ({final_return / rand:.1f}x)"
+              if final_return is not None and rand > 0 else f" vs {rand:.1f} for a random policy")
     progress(f"done in {summary['wall_seconds'] / 60:.1f} min: final eval return "
-             f"{summary.get('final_return')}; see {run_dir / 'summary.json'} and "
-             f"{run_dir / 'curve.png'}")
+             f"{final_return if final_return is None else round(final_return, 1)}{versus}; "
+             f"see {run_dir / 'summary.json'} and {run_dir / 'curve.png'}")
     return summary
 
 
