@@ -120,14 +120,7 @@ class Learner:
         eta = self.eta()
         metrics: dict[str, Tensor] = {}
         data["image"] = preprocess_image(data["image"])  # once: teacher, student, image loss
-        with self.precision.autocast():
-            z_teacher = None
-            if self.teacher is not None:
-                with torch.no_grad():
-                    z_teacher = self.teacher(data["image"], sample=False)[0]
-            wm_losses, aux = self._wm_loss(data, z_teacher_BTZ=z_teacher,
-                                           distill_reduction=self.cfg.distill.reduction)
-            wm_loss = combine(wm_losses, self.wm.scales(eta=eta))
+        wm_losses, aux, wm_loss, z_teacher = self._world_model_losses(data, eta)
         share = None
         if diagnostics and "distill" in wm_losses:
             if eta:
@@ -144,12 +137,8 @@ class Learner:
             clip = min(1.0, self.cfg.optim.grad_clip / (float(norms["model"]) + 1e-6))
             metrics["distill_grad_share"] = share / (enc / clip).clamp_min(1e-12)
         self.ac.update_slow_critic(self.updates)
-        start = self.wm.imagine_start(aux["post"])
-        with frozen(self.wm), self.precision.autocast():
-            actor_losses, critic_losses, ac_metrics = self._ac_loss(
-                self.wm, start, data["is_terminal"].reshape(-1))
-            actor_loss = combine(actor_losses, self.ac.actor_scales())
-            critic_loss = combine(critic_losses, self.ac.critic_scales())
+        actor_losses, critic_losses, ac_metrics, actor_loss, critic_loss = (
+            self._behaviour_losses(aux, data))
         # One backward for both: their parameters and graphs are disjoint (backward_and_step).
         norms.update(backward_and_step({
             "actor": self._group("actor", actor_loss, self.ac.actor),
@@ -172,6 +161,54 @@ class Learner:
         out.update({"eta": float(eta or 0.0), "updates": float(self.updates),
                     "update_seconds": time.perf_counter() - start_time})
         return out
+
+    def _world_model_losses(self, data: dict[str, Tensor], eta: float | None):
+        with self.precision.autocast():
+            z_teacher = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    z_teacher = self.teacher(data["image"], sample=False)[0]
+            wm_losses, aux = self._wm_loss(data, z_teacher_BTZ=z_teacher,
+                                           distill_reduction=self.cfg.distill.reduction)
+            wm_loss = combine(wm_losses, self.wm.scales(eta=eta))
+        return wm_losses, aux, wm_loss, z_teacher
+
+    def _behaviour_losses(self, aux: dict, data: dict[str, Tensor]):
+        start = self.wm.imagine_start(aux["post"])
+        with frozen(self.wm), self.precision.autocast():
+            actor_losses, critic_losses, ac_metrics = self._ac_loss(
+                self.wm, start, data["is_terminal"].reshape(-1))
+            actor_loss = combine(actor_losses, self.ac.actor_scales())
+            critic_loss = combine(critic_losses, self.ac.critic_scales())
+        return actor_losses, critic_losses, ac_metrics, actor_loss, critic_loss
+
+    def warm_up(self) -> float:
+        """Compile the hot paths now (with `train.compile`), on a synthetic batch of the run's
+        shapes: forward and backward through both regions, no optimizer step, gradients
+        cleared, the RNG state restored, so weights, optimizer state and the random stream are
+        exactly as before. A distributed learner calls this before its actors start, so the
+        minutes a cold compile takes do not stall them on the rate limiter. Returns seconds."""
+        if self._wm_loss.state != "pending" and self._ac_loss.state != "pending":
+            return 0.0
+        start_time = time.perf_counter()
+        t, size = self.cfg.train, self.cfg.env.size
+        first = np.zeros((t.batch_size, t.batch_length), bool)
+        first[:, 0] = True
+        batch = {"image": np.zeros((t.batch_size, t.batch_length, size, size, 3), np.uint8),
+                 "action": np.zeros((t.batch_size, t.batch_length, self.action_dim), np.float32),
+                 "reward": np.zeros((t.batch_size, t.batch_length), np.float32),
+                 "is_first": first, "is_terminal": np.zeros_like(first)}
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            data = self._to_device(batch)
+            data["image"] = preprocess_image(data["image"])
+            _, aux, wm_loss, _ = self._world_model_losses(data, self.eta())
+            wm_loss.backward()
+            *_, actor_loss, critic_loss = self._behaviour_losses(aux, data)
+            (actor_loss + critic_loss).backward()
+        for opt in self.opts.values():
+            opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - start_time
 
     def _distill_share(self, eta: float, distill: Tensor, z_student: Tensor, image: Tensor,
                        z_teacher: Tensor) -> Tensor:

@@ -58,6 +58,9 @@ class LearnerService:
         else:
             self.learner = Learner(cfg, action_dim, log=self._log)
             self.resumed = False
+        if cfg.train.compile:  # before any actor inserts: a cold compile takes minutes
+            self.progress("learner: compiling the hot paths before the actors start")
+            self.learner.warm_up()
         self.sampler = ReplaySampler(spec, seed=cfg.train.seed + self.learner.updates)
         self.weights = WeightStore(self.sampler.client, spec.namespace)
         self.control = RunControl(self.sampler.client, spec.namespace)

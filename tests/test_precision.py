@@ -306,3 +306,33 @@ def test_compiled_update_matches_eager(teacher_state):
     ac = {k: v for k, v in eager.items() if k.startswith(("actor", "critic"))}
     assert update_mismatches(ac, comp, 0.25, 0.02) == []
     assert 0 < comp["distill_grad_share"] < 1
+
+
+def test_warm_up_compiles_without_touching_weights_optimizer_or_rng(teacher_state):
+    """The distributed learner compiles before its actors start (a cold compile takes minutes,
+    longer than the replay's rate limiter lets actors wait). Dynamo's eager backend stands in
+    for inductor here, so this runs in seconds and is bit-comparable."""
+    from diswm.models.compiled import Compiled
+
+    cfg = load_config(["tiny"], ["train.precision=fp32", "train.compile=true"])
+    warmed = Learner(cfg, A, pretrained=teacher_state)
+    warmed._wm_loss = Compiled(warmed.wm.loss, "wm", backend="eager")
+    warmed._ac_loss = Compiled(warmed.ac.loss, "ac", backend="eager")
+    plain = Learner(load_config(["tiny"], ["train.precision=fp32"]), A,
+                    pretrained=teacher_state)
+    before = {k: v.clone() for k, v in warmed.state_dict().items()}
+    torch.manual_seed(4)
+    rng = torch.get_rng_state()
+    assert warmed.warm_up() > 0
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, before[k]) for k, v in warmed.state_dict().items())
+    assert all(not opt.state for opt in warmed.opts.values())
+    assert all(p.grad is None for p in warmed.wm.parameters())
+    assert (warmed._wm_loss.state, warmed._ac_loss.state) == ("compiled", "compiled")
+    assert warmed.warm_up() == 0.0  # once
+    batch = make_batch(cfg, 0, structured=True)
+    torch.manual_seed(4)
+    a = warmed.update(batch, agent_step=0)
+    torch.manual_seed(4)
+    b = plain.update(batch, agent_step=0)
+    assert update_mismatches(b, a, 1e-5, 1e-6) == []
