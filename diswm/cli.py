@@ -275,8 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", nargs="+", default=["defaults", "debug"],
                    choices=("defaults", "debug"), help="model sizes (defaults: batch 50x50)")
     p.add_argument("--modes", nargs="+", default=["eager", "channels_last", "bf16", "bf16_compile"],
-                   choices=("eager", "channels_last", "compile", "bf16", "bf16_compile", "fp16"),
-                   help="eager (fp32, NCHW) is the baseline; fp16 runs only on CUDA")
+                   choices=("eager", "channels_last", "compile", "bf16", "bf16_compile", "fp16",
+                            "bf16_cudagraphs"),
+                   help="eager (fp32, NCHW) is the baseline; fp16 and bf16_cudagraphs run only "
+                        "on CUDA")
     p.add_argument("--updates", type=int, default=1, help="updates per case per round")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json", default=None, metavar="FILE", help="write the report here")

@@ -164,7 +164,11 @@ class TrainConfig:
     # bf16 (AVX512-BF16/AMX CPUs, CUDA compute capability >= 8.0), fp32 elsewhere; fp16 is
     # CUDA-only (with a loss scaler). Weights, distributions, KLs and losses stay float32.
     precision: str = field(default="auto", metadata=_choices("auto", "fp32", "bf16", "fp16"))
-    compile: bool = False  # torch.compile the hot paths (see learner/compiled.py)
+    compile: bool = False  # torch.compile the hot paths (see diswm/models/compiled.py)
+    # torch.compile's mode: "reduce-overhead" adds CUDA graphs (CUDA only; removes the per-kernel
+    # launch cost that bounds small models on a GPU), "max-autotune-no-cudagraphs" tunes kernels.
+    compile_mode: str = field(default="default", metadata=_choices(
+        "default", "reduce-overhead", "max-autotune-no-cudagraphs"))
     channels_last: bool = True  # channels-last memory format in the conv stacks (measured faster)
 
 

@@ -69,7 +69,14 @@ class Learner:
             self.teacher = make_teacher(cfg.model, pretrained, size).to(self.device)
         if pretrained is not None and cfg.distill.finetune:
             self._load_finetune(pretrained)
-        if cfg.train.channels_last:
+        self.channels_last = cfg.train.channels_last
+        if self.channels_last and cfg.train.compile and self.device.type == "cuda":
+            # Inductor (torch 2.11, H200) lowers the channels-last convolution backward with
+            # NCHW strides and fails in the backward; eager channels-last gained 5% there.
+            self.channels_last = False
+            (log or print)("train.channels_last: off with train.compile on CUDA (inductor's "
+                           "channels-last convolution backward fails)")
+        if self.channels_last:
             for m in (self.wm.encoder, self.wm.decoder, self.teacher):
                 if m is not None:
                     m.channels_last = True
@@ -77,10 +84,14 @@ class Learner:
         self.log = log or (lambda msg: None)
         # Hot paths (diswm/models/compiled.py): eager unless train.compile; the first update
         # compiles them, and its time is kept apart (compile_seconds).
+        mode = cfg.train.compile_mode
+        if mode == "reduce-overhead" and self.device.type != "cuda":
+            mode = "default"  # CUDA graphs need CUDA; inductor's CPU code is the same otherwise
+        self._cudagraphs = cfg.train.compile and mode == "reduce-overhead"
         self._wm_loss = Compiled(self.wm.loss, "world-model loss", log=self.log,
-                                 enabled=cfg.train.compile)
+                                 enabled=cfg.train.compile, mode=mode)
         self._ac_loss = Compiled(self.ac.loss, "actor-critic loss", log=self.log,
-                                 enabled=cfg.train.compile)
+                                 enabled=cfg.train.compile, mode=mode)
         o = cfg.optim
         fused = self.device.type == "cuda"  # one kernel per step on a GPU
         self.opts = {
@@ -114,6 +125,8 @@ class Learner:
         on the student encoder over the norm of the whole world-model loss's gradient there
         (an extra backward through the encoder; runners ask for it on the updates they log)."""
         start_time = time.perf_counter()
+        if self._cudagraphs:  # a new iteration: the graphs' previous outputs may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         if agent_step is not None:
             self.agent_step = int(agent_step)
         data = self._to_device(batch)

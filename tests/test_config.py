@@ -183,3 +183,23 @@ def test_cli_config_show_prints_resolved_yaml(capsys):
     assert main(["config", "show", "--config", "tiny", "--set", "train.seed=7"]) == 0
     out = capsys.readouterr().out
     assert "seed: 7" in out and "steps: 400" in out
+
+
+def test_a_host_without_dm_control_validates_the_paper_tasks(monkeypatch):
+    """A learner-only host (a GPU node without MuJoCo) still loads configs: the paper's tasks
+    are valid there, anything else is refused by name."""
+    import diswm.envs as envs
+    import diswm.envs.dmc as dmc
+
+    def missing():
+        raise ImportError("No module named 'dm_control'")
+
+    monkeypatch.setattr(dmc, "dmc_tasks", missing)
+    envs.list_tasks.cache_clear()
+    try:
+        assert envs.list_tasks() == envs.PAPER_TASKS
+        assert load_config([], ["env.task=dmc:finger_spin"]).env.task == "dmc:finger_spin"
+        with pytest.raises(ValueError, match="dmc:acrobot_swingup"):
+            load_config([], ["env.task=dmc:acrobot_swingup"])
+    finally:
+        envs.list_tasks.cache_clear()

@@ -280,6 +280,19 @@ def test_a_region_that_fails_to_compile_runs_eagerly_and_says_so_once():
     assert "\n" not in lines[0]
 
 
+def test_compile_mode_cuda_graphs_fall_back_to_default_on_cpu():
+    """train.compile_mode=reduce-overhead is CUDA graphs: on a CPU the learner compiles in the
+    default mode (no cudagraph step marks), and a bad mode is refused by name."""
+    from diswm.config import ConfigError
+
+    cfg = tiny("fp32", "train.compile=true", "train.compile_mode=reduce-overhead")
+    learner = Learner(cfg, A)
+    assert learner._cudagraphs is False
+    assert learner.channels_last is cfg.train.channels_last  # untouched off CUDA
+    with pytest.raises(ConfigError, match="train.compile_mode"):
+        tiny("fp32", "train.compile_mode=fastest")
+
+
 @pytest.mark.slow
 def test_compiled_update_matches_eager(teacher_state):
     """train.compile: the same world-model update as eager mode (fp32, fixed seeds, inductor's

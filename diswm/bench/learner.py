@@ -10,6 +10,8 @@ on this 2-core machine, timed interleaved with ours) and the `debug` preset, eac
     bf16           bf16 autocast for matmuls/convs (train.precision=bf16), channels-last
     bf16_compile   bf16 + compile: the fastest setting where the hardware has native bf16
     fp16           fp16 autocast with loss scaling (CUDA only)
+    bf16_cudagraphs  bf16 + compile with CUDA graphs (train.compile_mode=reduce-overhead; CUDA
+                   only)
 
 Per size and mode the report holds seconds per update, achieved GFLOP/s (the update's FLOPs
 counted once per size with `torch.utils.flop_counter.FlopCounterMode`), that rate as a fraction
@@ -46,9 +48,12 @@ MODES = {
     "bf16_compile": [*_PLAIN, "train.channels_last=true", "train.precision=bf16",
                      "train.compile=true"],
     "fp16": [*_PLAIN, "train.channels_last=true", "train.precision=fp16"],
+    "bf16_cudagraphs": [*_PLAIN, "train.channels_last=true", "train.precision=bf16",
+                        "train.compile=true", "train.compile_mode=reduce-overhead"],
 }
 DTYPE_OF_MODE = {"eager": "fp32", "channels_last": "fp32", "compile": "fp32", "bf16": "bf16",
-                 "bf16_compile": "bf16", "fp16": "fp16"}
+                 "bf16_compile": "bf16", "fp16": "fp16",
+                 "bf16_cudagraphs": "bf16"}
 SIZES = {"defaults": [], "debug": ["debug"]}
 #: The authors' released update at 50 x 50 on this 2-core machine (timed interleaved with ours in
 #: one process: 12.3-12.8 s, while our fp32 channels-last update took 8.2-8.3 s).
@@ -56,9 +61,11 @@ AUTHORS_SECONDS = 12.5
 AUTHORS_OVER_CHANNELS_LAST = 12.5 / 8.25
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048,
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None,
                 seconds: float = 1.0) -> float:
-    """GFLOP/s of an n x n matmul in `dtype` on `device` (best of a few timed batches)."""
+    """GFLOP/s of an n x n matmul in `dtype` on `device` (best of a few timed batches); n is
+    2048 on a CPU and 8192 on a GPU (a smaller product leaves a GPU's units idle)."""
+    n = n or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -72,6 +79,17 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048,
         sync()
         best = max(best, 4 * 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
     return best
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
 
 
 def update_flops(learner, batch) -> int:
@@ -163,15 +181,15 @@ def bench_learner(*, presets: Sequence[str] = (), overrides: Sequence[str] = (),
     if unknown or "eager" not in modes:
         raise ValueError(f"modes must include 'eager' and come from {sorted(MODES)}, sizes from "
                          f"{sorted(SIZES)}; got {list(modes)} / {list(sizes)}")
-    skipped = [m for m in modes if m == "fp16" and not cuda]
+    skipped = [m for m in modes if m in ("fp16", "bf16_cudagraphs") and not cuda]
     modes = [m for m in modes if m not in skipped]
     if skipped and progress:
-        progress("skipping fp16: it needs CUDA")
+        progress(f"skipping {', '.join(skipped)}: CUDA only")
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     wanted = sorted({DTYPE_OF_MODE[m] for m in modes})
     peaks = {d: matmul_peak(device, dtypes[d]) for d in wanted}
     if progress:
-        progress("matmul peak (2048^2): " + ", ".join(f"{d} {g:.0f} GFLOP/s"
+        progress("matmul peak (2048^2 CPU, 8192^2 GPU): " + ", ".join(f"{d} {g:.0f} GFLOP/s"
                                                      for d, g in peaks.items()))
     results: dict[str, Any] = {}
     for size in sizes:
@@ -243,6 +261,8 @@ def bench_learner(*, presets: Sequence[str] = (), overrides: Sequence[str] = (),
         "baseline": "eager (plain PyTorch, float32, NCHW, no compile) in the same run",
         "memory_note": ("CUDA peak allocated bytes" if cuda else
                         "CPU: peak rise of the process resident set during the case, sampled"),
+        "device_name": (torch.cuda.get_device_name() if cuda else _cpu_name()),
+        "torch": torch.__version__,
         "updates_per_round": updates, "rounds": rounds, "torch_threads": torch.get_num_threads(),
         "matmul_peak_gflops": peak,
         "matmul_peak_gflops_before_after": {d: [peaks[d], peaks_after[d]] for d in wanted},

@@ -21,10 +21,18 @@ MUJOCO_TASKS = ("mujoco:pusher",)
 
 @functools.cache
 def list_tasks() -> tuple[str, ...]:
-    """Every valid task id."""
+    """Every valid task id.
+
+    On a host without dm_control (a learner-only GPU node) the paper's tasks are the valid ids:
+    the learner needs only the task's name, and building an env there fails on its own import.
+    """
     configure_gl()
     from diswm.envs.dmc import dmc_tasks
 
+    try:
+        dmc_tasks()
+    except ImportError:
+        return PAPER_TASKS
     return tuple(f"dmc:{name}" for name in dmc_tasks()) + MUJOCO_TASKS
 
 

@@ -20,6 +20,7 @@ eager mode, with its own message. Compiled code is cached on disk by inductor
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,9 +33,12 @@ class Compiled:
     """`fn` compiled with `torch.compile(dynamic=False)` on first use, eager if that fails."""
 
     def __init__(self, fn: Callable, name: str, *, log: Callable[[str], None] | None = None,
-                 enabled: bool = True, backend: str | Callable = "inductor"):
+                 enabled: bool = True, backend: str | Callable = "inductor",
+                 mode: str | None = None):
         self.fn, self.name, self.log = fn, name, log or (lambda msg: None)
-        self._compiled = torch.compile(fn, dynamic=False, backend=backend) if enabled else None
+        mode = None if mode in (None, "default") or backend != "inductor" else mode
+        self._compiled = (torch.compile(fn, dynamic=False, backend=backend, mode=mode)
+                          if enabled else None)
         self.state = "pending" if enabled else "eager"  # pending -> compiled | fallback
         self.compile_seconds = 0.0  # the first compiled call (tracing + codegen + run)
         self.error = ""
@@ -48,7 +52,7 @@ class Compiled:
         try:
             # Lower the backward now too, so that a compiler failure surfaces here (where it can
             # fall back) and not in the middle of an optimizer step.
-            with functorch_config.patch(force_non_lazy_backward_lowering=True):
+            with _eager_backward_lowering():
                 out = self._compiled(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
             self.state, self.error = "fallback", _one_line(err)
@@ -58,6 +62,13 @@ class Compiled:
         self.log(f"compile: {self.name} compiled in {self.compile_seconds:.1f} s "
                  "(forward and backward)")
         return out
+
+
+def _eager_backward_lowering():
+    """functorch's switch that lowers the backward with the forward (absent from older torch)."""
+    if hasattr(functorch_config, "force_non_lazy_backward_lowering"):
+        return functorch_config.patch(force_non_lazy_backward_lowering=True)
+    return contextlib.nullcontext()
 
 
 def _one_line(err: BaseException) -> str:
