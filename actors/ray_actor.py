@@ -4,6 +4,11 @@ Created by the runtime as ``ray.remote(EnvActor).options(name=f"actor-{i}", max_
 max_concurrency=4)``; the loop starts in the constructor, so an actor that Ray restarts after a
 crash resumes by itself with the current weights, a new stream id (its lost partial episode is
 simply not stored) and a counted restart.
+
+Crashes are bounded (diswm/supervision.py): a crash records its cause in the run's crash ledger
+and the process exits (Ray restarts it); a restarted actor waits a backoff that doubles per crash
+of the same cause, and after `runtime.max_crash_restarts` of them in a row it stays up without
+stepping, its error on the control plane for `cluster status` and `diswm run`.
 """
 
 from __future__ import annotations
@@ -11,12 +16,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import traceback
 from typing import Any
 
 from diswm import metrics, telemetry
 from diswm.config import build_config
-from replay_service.client import ReplaySpec
+from diswm.control import RunControl
+from diswm.supervision import CrashLedger, one_line
+from replay_service.client import ReplaySpec, connect
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +42,16 @@ class EnvActor:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._closed = False
-        self._error: str | None = None
+        self.failed: str | None = None  # set when crashes stopped this actor (surfaced)
+        self._start_error: str | None = None
+        self.ledger: CrashLedger | None = None
         # An EGL context is current in one thread only: the envs are built, stepped and closed
         # by the loop thread; the constructor waits until they are up.
         self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
         self._thread.start()
         self._ready.wait()
-        if self._error:
-            raise RuntimeError(f"{self.name} failed to start:\n{self._error}")
+        if self._start_error:
+            raise RuntimeError(f"{self.name} failed to start: {one_line(self._start_error)}")
 
     def _start_worker(self) -> None:
         from actors.worker import ActorWorker
@@ -55,22 +65,62 @@ class EnvActor:
             log.warning("%s restarted by Ray; resuming with policy version %d", self.name,
                         self.worker.policy.version)
 
+    def _guarded_start(self) -> bool:
+        """Start the worker unless this actor's crashes used up their restarts; True if it runs."""
+        client = connect(self.spec)
+        self.ledger = CrashLedger(client, self.spec.namespace, self.name,
+                                  limit=self.cfg.runtime.max_crash_restarts)
+        self.control = RunControl(client, self.spec.namespace)
+        count, message = self.ledger.recent()
+        if self.ledger.exhausted(count):
+            self.failed = (f"{self.name} stopped after {count} crashes in a row with the same "
+                           f"cause: {message}")
+            self.control.report_error(self.name, self.failed)
+            log.error("%s", self.failed)
+            return False
+        if count:
+            log.warning("%s: crash %d of this cause; waiting %.0f s before starting", self.name,
+                        count, self.ledger.backoff(count))
+            self._stop.wait(self.ledger.backoff(count))
+        self._start_worker()
+        return True
+
+    def _crashed(self, text: str) -> None:
+        """Record the crash (best effort: Redis may be the cause) and exit for Ray to restart."""
+        log.error("%s crashed:\n%s", self.name, text)
+        try:
+            if self.ledger is not None:
+                self.ledger.record(text)
+                self.control.report_error(self.name, f"{self.name} crashed: {one_line(text)}")
+        except Exception:  # noqa: BLE001 - the exit below matters more
+            log.error("%s: could not record the crash in Redis", self.name)
+        os._exit(1)  # Ray restarts the actor (max_restarts) and counts it
+
     def _loop(self) -> None:
         try:
-            self._start_worker()
-        except Exception:  # noqa: BLE001 - reported by the constructor
-            self._error = traceback.format_exc()
+            running = self._guarded_start()
+        except Exception:  # noqa: BLE001 - a restart that fails counts as a crash of its cause
+            if not _reconstructed():  # the first start: said by the constructor to the caller
+                self._start_error = traceback.format_exc()
+                return
+            self._crashed(traceback.format_exc())
             return
         finally:
             self._ready.set()
+        if not running:
+            return
+        started, healthy = time.monotonic(), False
         try:
             while not self._stop.is_set():
+                if not healthy and time.monotonic() - started > self.ledger.healthy_after:
+                    healthy = True  # clean for a while: its earlier crashes no longer count
+                    self.ledger.clear()
+                    self.control.clear_error(self.name)
                 if self.worker.steps % 50 == 0 and self.worker.budget_spent():
                     break  # the run has its env steps: store what is open and stop stepping
                 self.worker.step()
         except Exception:  # noqa: BLE001 - a dead loop must not look like a live actor
-            log.error("%s crashed:\n%s", self.name, traceback.format_exc())
-            os._exit(1)  # Ray restarts the actor (max_restarts) and counts it
+            self._crashed(traceback.format_exc())
         finally:
             self._close()
 
@@ -90,8 +140,9 @@ class EnvActor:
         return self.stats()
 
     def stats(self) -> dict[str, Any]:
-        return {**self.worker.stats(), "pid": os.getpid(), "metrics_port": self.metrics_port,
-                "running": self._thread.is_alive()}
+        base = self.worker.stats() if self.worker is not None else {"actor": self.index}
+        return {**base, "name": self.name, "pid": os.getpid(), "metrics_port": self.metrics_port,
+                "running": self._thread.is_alive(), "failed": self.failed}
 
     def pid(self) -> int:
         return os.getpid()

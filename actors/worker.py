@@ -13,6 +13,7 @@ has `train.prefill` agent steps the actions are uniform random (DreamerV2's pref
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -22,10 +23,13 @@ import numpy as np
 
 from diswm import metrics
 from diswm.agent import Policy
-from diswm.broadcast import RunControl, WeightStore
+from diswm.broadcast import BadWeights, WeightStore
 from diswm.config import Config
+from diswm.control import RunControl
 from diswm.envs import make_env
-from replay_service.client import ReplaySpec, ReplayWriter
+from replay_service.client import ReplaySpec, ReplayTimeout, ReplayWriter
+
+log = logging.getLogger(__name__)
 
 
 class ActorWorker:
@@ -64,7 +68,12 @@ class ActorWorker:
             "lag": metrics.ACTOR_POLICY_LAG.labels(label),
             "fetch": metrics.ACTOR_WEIGHT_FETCH.labels(label),
             "step": metrics.ACTOR_STEP_DURATION.labels(label),
+            "rejected": metrics.ACTOR_WEIGHTS_REJECTED.labels(label),
+            "timeouts": metrics.ACTOR_INSERT_TIMEOUTS.labels(label),
         }
+        self.weights_rejected = 0  # weights records refused (kept acting with its own)
+        self.insert_timeouts = 0  # limiter timeouts (chunks held and retried, never dropped)
+        self._refused_version: int | None = None
         self.sync()
         self.obs = [env.reset() for env in self.envs]
         self.prev_actions = np.zeros((k, self.action_dim), np.float32)
@@ -81,11 +90,20 @@ class ActorWorker:
     def sync(self) -> None:
         """Report counts; pull newer weights and the current colour scheme."""
         self.report()
-        latest = self.weights.version()
-        if latest > self.policy.version:
-            start = time.perf_counter()
-            self.policy.load_weights(*self.weights.fetch())
-            self._m["fetch"].observe(time.perf_counter() - start)
+        try:
+            latest = self.weights.version()
+            if latest > self.policy.version and latest != self._refused_version:
+                start = time.perf_counter()
+                self.policy.load_weights(*self.weights.fetch())
+                self._m["fetch"].observe(time.perf_counter() - start)
+        except (BadWeights, ValueError) as err:
+            # A record that fails its checks must not take the actor down: refuse it, count it,
+            # say so once per published version, and keep acting with the current weights.
+            self.weights_rejected += 1
+            self._m["rejected"].inc()
+            self._refused_version = latest = self._published_version()
+            log.warning("actor %d refused weights version %s (keeps version %d): %s",
+                        self.index, latest, self.policy.version, err)
         self._m["version"].set(self.policy.version)
         self._m["lag"].set(max(latest - self.policy.version, 0))
         scheme = self.control.get("scheme", self.scheme)
@@ -96,10 +114,25 @@ class ActorWorker:
         if not self._prefill_done:
             self._prefill_done = self.control.counters()["agent_steps"] >= self.cfg.train.prefill
 
+    def _published_version(self) -> int:
+        try:
+            return self.weights.version()
+        except BadWeights:
+            return -1
+
     # -- stepping ----------------------------------------------------------------------------
     def _store(self, j: int, obs: dict, action: np.ndarray) -> None:
-        self.writer.add(self.streams[j], {**obs, "action": action,
-                                          "policy_version": np.int64(self.policy.version)})
+        try:
+            self.writer.add(self.streams[j], {**obs, "action": action,
+                                              "policy_version": np.int64(self.policy.version)})
+        except ReplayTimeout as err:
+            # The step is held in the writer (retried by the next insert, stored at close), so
+            # a learner that stopped sampling stalls the actor but never loses its steps.
+            self.insert_timeouts += 1
+            self._m["timeouts"].inc()
+            if self.insert_timeouts in (1, 10) or self.insert_timeouts % 100 == 0:
+                log.warning("actor %d: %s (%d timeouts; %d steps held, retried)", self.index,
+                            err, self.insert_timeouts, self.writer.pending_steps())
 
     def step(self) -> int:
         """One batched step of every env; returns the env steps taken."""
@@ -153,7 +186,9 @@ class ActorWorker:
         return {"actor": self.index, "incarnation": self.incarnation, "steps": self.steps,
                 "env_steps": self.env_steps, "episodes": self.episodes,
                 "policy_version": self.policy.version, "scheme": self.scheme,
-                "envs": len(self.envs)}
+                "envs": len(self.envs), "weights_rejected": self.weights_rejected,
+                "insert_timeouts": self.insert_timeouts,
+                "held_steps": self.writer.pending_steps()}
 
     def close(self) -> None:
         """Store partial episodes and release the envs."""

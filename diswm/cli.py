@@ -26,6 +26,7 @@ import sys
 from collections.abc import Sequence
 
 from diswm.config import Config, ConfigError, load_config
+from diswm.control import NamespaceHeld, RunFailed
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -292,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ValueError) as err:
+    except (ConfigError, ValueError, NamespaceHeld, RunFailed) as err:
         print(f"diswm: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

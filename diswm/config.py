@@ -206,6 +206,9 @@ class ReplayConfig:
     rate_limit: bool = True
     tolerance: int = field(default=1000, metadata=_range(ge=1))
     wait_timeout: float = field(default=120.0, metadata=_range(gt=0.0))  # seconds, then an error
+    # Seconds every client keeps retrying (with backoff) while Redis is unreachable before the
+    # role gives up (a Redis restart from its AOF takes seconds; the local default is supervised).
+    outage_window: float = field(default=120.0, metadata=_range(gt=0.0, le=86400.0))
     selector: str = field(default="uniform", metadata=_choices("uniform", "recency"))
     prefetch: int = field(default=2, metadata=_range(ge=0))  # batches prepared ahead
     # "aof": append-only file, fsync per `fsync` (lose <= ~1 s on a crash); "snapshot": RDB at
@@ -225,6 +228,10 @@ class RuntimeConfig:
     # multi-machine clusters so one Prometheus can scrape them all.
     metrics_host: str = "127.0.0.1"
     run_dir: str = "runs"
+    # A role (actor, learner) that crashes this many times in a row with the same cause within
+    # 10 minutes stops restarting and surfaces the error (cluster status, diswm run); before
+    # that, each restart waits a backoff doubling from 1 s to 60 s.
+    max_crash_restarts: int = field(default=5, metadata=_range(ge=1, le=1000))
 
 
 @dataclass(frozen=True)

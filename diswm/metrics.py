@@ -66,6 +66,13 @@ ACTOR_WEIGHT_FETCH = Histogram(
     buckets=_FETCH_BUCKETS)
 ACTOR_RESTARTS = Counter(
     "diswm_actor_restarts_total", "Times Ray restarted this actor after it died", ["actor"])
+ACTOR_WEIGHTS_REJECTED = Counter(
+    "diswm_actor_weights_rejected_total",
+    "Published weights records an actor refused (failed their checks); it kept its weights",
+    ["actor"])
+ACTOR_INSERT_TIMEOUTS = Counter(
+    "diswm_actor_insert_timeouts_total",
+    "Replay inserts that timed out on the rate limiter (the chunk is held and retried)", ["actor"])
 ACTOR_STEP_DURATION = Histogram(
     "diswm_actor_step_duration_seconds", "Time of one batched step over the actor's envs",
     ["actor"], buckets=_FETCH_BUCKETS)

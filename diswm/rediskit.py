@@ -20,10 +20,12 @@ class _RetryOutages(Retry):
         return super().call_with_retry(do, fail, retryable, with_failure_count)
 
 
-def connect(host: str, port: int, password: str) -> redis.Redis:
-    """A client that retries through short outages (e.g. a Redis restart, ~15 s)."""
+def connect(host: str, port: int, password: str, outage_window: float = 120.0) -> redis.Redis:
+    """A client that retries (backoff up to 1 s apart) through outages up to about
+    `outage_window` seconds, e.g. a Redis restart from its AOF, then raises ConnectionError."""
     return redis.Redis(host=host, port=port, password=password or None,
                        socket_timeout=60, socket_connect_timeout=5,
-                       retry=_RetryOutages(ExponentialBackoff(cap=1.0, base=0.05), 20),
+                       retry=_RetryOutages(ExponentialBackoff(cap=1.0, base=0.05),
+                                           int(outage_window) + 5),
                        retry_on_error=[redis.ConnectionError, redis.TimeoutError,
                                        redis.BusyLoadingError])

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diswm.checkpoints import load_checkpoint
 from diswm.envs import DistractedEnv
 
 ActFn = Callable[[Mapping[str, np.ndarray]], np.ndarray]
@@ -52,10 +53,7 @@ class CheckpointPolicy:
         from diswm.config import build_config
 
         path = Path(path)
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as err:
-            raise ValueError(f"cannot load policy checkpoint {path}: {err}") from None
+        payload = load_checkpoint(path, "policy checkpoint")
         if not isinstance(payload, Mapping) or not {"config", "action_dim", "wm", "ac"} <= set(
                 payload):
             raise ValueError(f"{path}: not a learner checkpoint (needs config, action_dim, wm, ac)")

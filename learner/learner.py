@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from diswm.checkpoints import load_checkpoint
 from diswm.config import Config, build_config, replace
 from diswm.models import (
     ActorCritic,
@@ -356,8 +357,8 @@ class Learner:
 
     def restore(self, path: str | Path) -> dict[str, Any]:
         """Load a `save`d checkpoint (weights_only: no unpickling); returns its `extra`."""
-        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-        if payload.get("format") != CHECKPOINT_FORMAT:
+        payload = load_checkpoint(path, "learner checkpoint")
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
         self.wm.load_state_dict(payload["wm"])
         self.ac.load_state_dict(payload["ac"])
@@ -386,7 +387,9 @@ class Learner:
     def from_checkpoint(cls, path: str | Path, device: str | None = None,
                         log: Callable[[str], None] | None = None) -> tuple[Learner, dict]:
         """A learner rebuilt from the config and teacher stored in a checkpoint, restored."""
-        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+        payload = load_checkpoint(path, "learner checkpoint")
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
         cfg = build_config(payload["config"])
         if payload["teacher"] is None:  # nothing to rebuild; do not look for the original file
             cfg = replace(cfg, distill={"teacher": ""})

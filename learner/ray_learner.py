@@ -3,6 +3,11 @@
 Created by the runtime as ``ray.remote(LearnerActor).options(name="learner", num_gpus=g,
 max_restarts=-1, max_concurrency=4)``. Fractional `num_gpus` (runtime.learner_gpus) let several
 runs' learners share one card. A restarted learner resumes from its last checkpoint.
+
+Crashes are bounded as for actors (diswm/supervision.py): each records its cause; a restart
+waits a doubling backoff; after `runtime.max_crash_restarts` crashes in a row of the same cause
+the learner stays up without training and reports the error (stats()["error"], `done()`), which
+`diswm run` prints as one line and `cluster status` shows.
 """
 
 from __future__ import annotations
@@ -10,13 +15,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 from diswm import telemetry
 from diswm.config import build_config
-from replay_service.client import ReplaySpec
+from diswm.control import NamespaceHeld, RunControl
+from diswm.supervision import CrashLedger, one_line
+from replay_service.client import ReplaySpec, connect
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +40,55 @@ class LearnerActor:
         torch.set_num_threads(self.cfg.runtime.learner_cpus)  # Ray sets OMP threads to num_cpus
         self.run_dir = Path(run_dir)
         self.lines: list[str] = []
-        self.service = LearnerService(self.cfg, spec, self.run_dir, action_dim,
-                                      progress=self._progress)
+        self.summary: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.failed = False
+        self.service = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.metrics_port = 0
+        client = connect(spec)
+        self.ledger = CrashLedger(client, spec.namespace, "learner",
+                                  limit=self.cfg.runtime.max_crash_restarts)
+        self.control = RunControl(client, spec.namespace)
+        count, message = self.ledger.recent()
+        if self.ledger.exhausted(count):
+            self.failed = True
+            self.error = (f"learner stopped after {count} crashes in a row with the same cause: "
+                          f"{message}")
+            self.control.report_error("learner", self.error)
+            log.error("%s", self.error)
+            return
+        if count:
+            self._progress(f"learner: crash {count} of this cause; waiting "
+                           f"{self.ledger.backoff(count):.0f} s before starting")
+            time.sleep(self.ledger.backoff(count))
+        try:
+            self.service = LearnerService(self.cfg, spec, self.run_dir, action_dim,
+                                          progress=self._progress)
+        except NamespaceHeld:
+            raise  # another live run: refused, not a crash to retry
+        except Exception:  # noqa: BLE001 - a failed restart counts as a crash of its cause
+            if not _reconstructed():
+                raise  # the first start: a bad config or missing file, said to the caller
+            self._crashed(traceback.format_exc())
         self.metrics_port = telemetry.serve_metrics(host)
-        client = self.service.sampler.client
         telemetry.register(client, spec.namespace, "learner",
                            telemetry.advertised(host, self.metrics_port))
         self._targets_file = self.run_dir / "prometheus" / "targets.json"
         self.refresh_targets()
-        self._stop = threading.Event()
-        self.summary: dict[str, Any] | None = None
-        self.error: str | None = None
+        self._started = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="learner", daemon=True)
         self._thread.start()
+
+    def _crashed(self, text: str) -> None:
+        log.error("learner crashed:\n%s", text)
+        try:
+            self.ledger.record(text)
+            self.control.report_error("learner", f"learner crashed: {one_line(text)}")
+        except Exception:  # noqa: BLE001 - the exit below matters more
+            log.error("learner: could not record the crash in Redis")
+        os._exit(1)  # Ray restarts the learner, which resumes from its checkpoint
 
     def _progress(self, line: str) -> None:
         self.lines.append(line)
@@ -55,30 +99,45 @@ class LearnerActor:
     def _loop(self) -> None:
         try:
             self.summary = self.service.run(self._stop)
-        except Exception:  # noqa: BLE001 - reported through stats() and the log
+        except Exception:  # noqa: BLE001 - reported through stats(), the ledger and the log
             self.error = traceback.format_exc()
-            log.error("learner crashed:\n%s", self.error)
-            os._exit(1)  # Ray restarts the learner, which resumes from its checkpoint
+            self._crashed(self.error)
+        if time.monotonic() - self._started > self.ledger.healthy_after:
+            self.ledger.clear()
 
     def refresh_targets(self) -> None:
+        if self.service is None:
+            return
         client = self.service.sampler.client
         ns = self.service.spec.namespace
         telemetry.write_file_sd(self._targets_file, telemetry.targets(client, ns), ns)
 
     def stop(self) -> dict[str, Any]:
         self._stop.set()
+        if self.service is None:
+            return {}
         self._thread.join(timeout=300)
         return self.summary or self.service.write_summary()
 
     def done(self) -> bool:
-        return not self._thread.is_alive()
+        return self._thread is None or not self._thread.is_alive()
 
     def stats(self) -> dict[str, Any]:
-        return {**self.service.stats(), "pid": os.getpid(), "metrics_port": self.metrics_port,
-                "running": self._thread.is_alive(), "error": self.error}
+        base = self.service.stats() if self.service is not None else {"updates": None}
+        return {**base, "pid": os.getpid(), "metrics_port": self.metrics_port,
+                "running": self.done() is False, "error": self.error, "failed": self.failed}
 
     def progress_lines(self, start: int = 0) -> list[str]:
         return self.lines[start:]
 
     def pid(self) -> int:
         return os.getpid()
+
+
+def _reconstructed() -> bool:
+    try:
+        import ray
+
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # noqa: BLE001 - outside Ray there is nothing to restart
+        return False

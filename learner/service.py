@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from diswm import metrics
-from diswm.broadcast import RunControl, WeightStore
+from diswm.broadcast import WeightStore
 from diswm.config import Config
+from diswm.control import NamespaceLease, RunControl
 from learner.learner import Learner
 from learner.serial import (
     CHECKPOINT,
@@ -62,6 +63,11 @@ class LearnerService:
             self.progress("learner: compiling the hot paths before the actors start")
             self.learner.warm_up()
         self.sampler = ReplaySampler(spec, seed=cfg.train.seed + self.learner.updates)
+        # One live run per namespace: a second run would mix its weights and counters into ours.
+        self.lease = NamespaceLease(self.sampler.client, spec.namespace,
+                                    owner=str(self.run_dir.resolve()))
+        self.lease.acquire()
+        self._lease_kept = time.monotonic()
         self.weights = WeightStore(self.sampler.client, spec.namespace)
         self.control = RunControl(self.sampler.client, spec.namespace)
         if self.resumed:
@@ -154,6 +160,9 @@ class LearnerService:
         idle_since = 0.0
         try:
             while not stop.is_set():
+                if time.monotonic() - self._lease_kept > 5.0:
+                    self.lease.keep()
+                    self._lease_kept = time.monotonic()
                 counters = self.control.counters()
                 env_steps = counters["env_steps"]
                 self._m["env_steps"].set(env_steps)
@@ -208,7 +217,9 @@ class LearnerService:
             if self.cfg.train.eval_episodes:
                 self.evaluate(env_steps)
         self.checkpoint(env_steps)
-        return self.write_summary()
+        summary = self.write_summary()
+        self.lease.release()
+        return summary
 
     def write_summary(self) -> dict[str, Any]:
         return write_summary(

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diswm.checkpoints import load_checkpoint
 from diswm.config import Config, build_config
 from diswm.disentanglement import disentanglement_scores
 from diswm.models.nets import preprocess_image
@@ -35,7 +36,7 @@ from pretrain.dataset import VideoDataset
 
 def load_video_model(path: str | Path) -> tuple[VideoModel, Config, dict[str, Any]]:
     """A VideoModel from teacher.pt or a pretrain checkpoint (config read from the file)."""
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    payload = load_checkpoint(path, "video model checkpoint")
     if not isinstance(payload, dict) or "config" not in payload:
         raise ValueError(f"{path}: no 'config' in the checkpoint; pass a teacher.pt or "
                          "checkpoints/latest.pt written by `diswm pretrain train`")

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diswm.checkpoints import load_checkpoint
 from diswm.config import Config
 from diswm.models.losses import combine
 from diswm.models.nets import resolve_device
@@ -224,8 +225,8 @@ class PretrainRunner:
         return path
 
     def _restore(self) -> None:
-        payload = torch.load(self.run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
-        if payload.get("format") != FORMAT:
+        payload = load_checkpoint(self.run_dir / CHECKPOINT, "pretraining checkpoint")
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise ValueError(f"{self.run_dir / CHECKPOINT}: not a {FORMAT} checkpoint")
         self.model.load_state_dict(payload["video_model"])
         self.opt.load_state_dict(payload["optimizer"])

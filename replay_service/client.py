@@ -23,6 +23,7 @@ after any restart. Records that fail to decode are skipped, counted and logged, 
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import queue
@@ -64,6 +65,7 @@ class ReplaySpec:
     tolerance: float = 1000.0  # agent steps either side of the target ratio
     wait_timeout: float = 120.0
     selector: str = "uniform"
+    outage_window: float = 120.0  # seconds clients retry while Redis is unreachable
 
     @classmethod
     def from_config(cls, cfg, *, host: str | None = None, port: int, password: str) -> ReplaySpec:
@@ -73,7 +75,7 @@ class ReplaySpec:
                    samples_per_insert=cfg.samples_per_insert if r.rate_limit else 0.0,
                    min_size=max(cfg.train.prefill, cfg.train.batch_length, 1),
                    tolerance=float(r.tolerance), wait_timeout=r.wait_timeout,
-                   selector=r.selector)
+                   selector=r.selector, outage_window=r.outage_window)
 
     @property
     def prefix(self) -> str:
@@ -89,7 +91,7 @@ class ReplaySpec:
 
 def connect(spec: ReplaySpec) -> redis.Redis:
     """A client that retries through short outages (e.g. a Redis restart)."""
-    return rediskit.connect(spec.host, spec.port, spec.password)
+    return rediskit.connect(spec.host, spec.port, spec.password, spec.outage_window)
 
 
 _INSERT_LUA = """
@@ -176,6 +178,7 @@ class ReplayWriter:
         self._insert = self.client.register_script(_INSERT_LUA)
         self._interrupt = interrupt or (lambda: False)
         self._builders: dict[str, ChunkBuilder] = {}
+        self._pending: collections.deque[Chunk] = collections.deque()  # closed, not yet stored
         self._schema_checked: Schema | None = None
         _, self._max_diff = spec.limits
         ns = spec.namespace
@@ -186,7 +189,10 @@ class ReplayWriter:
         self._m_rejected = metrics.REPLAY_REJECTED_STEPS.labels(ns)
 
     def add(self, stream: str, step: Mapping[str, object]) -> int:
-        """Add one step of `stream`; returns how many chunks this stored (0 mostly)."""
+        """Add one step of `stream`; returns how many chunks this stored (0 mostly).
+
+        A chunk whose insert times out on the limiter (`ReplayTimeout`) is held, not lost: the
+        next `add`, `flush` or `close` retries it before anything newer (`pending_steps`)."""
         builder = self._builders.get(stream)
         if builder is None:
             builder = self._builders[stream] = ChunkBuilder(stream, self.spec.chunk_length)
@@ -195,26 +201,41 @@ class ReplayWriter:
         except ValueError:
             self._m_rejected.inc()
             raise
-        for chunk in chunks:
-            self.insert_chunk(chunk)
-        return len(chunks)
+        self._pending.extend(chunks)
+        return self._drain()
+
+    def pending_steps(self) -> int:
+        """Steps in closed chunks not yet stored (held after a limiter timeout)."""
+        return sum(chunk.length for chunk in self._pending)
+
+    def _drain(self, force: bool = False) -> int:
+        """Store the held chunks in order; a timeout leaves the rest held."""
+        stored = 0
+        while self._pending:
+            try:
+                self.insert_chunk(self._pending[0], force=force)
+            except ValueError:  # a schema the namespace refuses: counted as rejected, dropped
+                self._pending.popleft()
+                raise
+            self._pending.popleft()
+            stored += 1
+        return stored
 
     def flush(self, force: bool = False) -> int:
-        """Store every stream's open chunk now (on shutdown: nothing is left behind);
-        `force` stores past the rate limiter."""
-        stored = 0
+        """Store every stream's open chunk (and any held one) now (on shutdown: nothing is left
+        behind); `force` stores past the rate limiter."""
         for builder in self._builders.values():
             chunk = builder.flush()
             if chunk is not None:
-                self.insert_chunk(chunk, force=force)
-                stored += 1
-        return stored
+                self._pending.append(chunk)
+        return self._drain(force)
 
     def end_stream(self, stream: str) -> None:
         """Flush and forget `stream` (its env is gone)."""
         builder = self._builders.pop(stream, None)
         if builder is not None and (chunk := builder.flush()) is not None:
-            self.insert_chunk(chunk)
+            self._pending.append(chunk)
+        self._drain()
 
     def insert_chunk(self, chunk: Chunk, force: bool = False) -> None:
         self._check_schema(chunk)
@@ -235,7 +256,7 @@ class ReplayWriter:
             if force:
                 continue
             backoff.wait_or_raise(
-                f"insert into replay {self.spec.namespace!r} waited {self.spec.wait_timeout:.0f}s "
+                f"insert into replay {self.spec.namespace!r} waited {self.spec.wait_timeout:g} s "
                 "on the rate limiter: the learner is not sampling (stopped or too slow?)")
         self._m_wait.observe(backoff.waited)
         self._m_steps.inc(chunk.length)

@@ -15,14 +15,19 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+
+_REPO_ROOT = str(Path(__file__).resolve().parents[1])  # `python -m replay_service.supervisor`
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -46,7 +51,10 @@ def read_or_create_password(path: Path) -> str:
 class RedisServer:
     def __init__(self, directory: str | Path, *, host: str = "127.0.0.1", port: int = 0,
                  password: str = "", persistence: str = "aof", fsync: str = "everysec",
-                 maxmemory_bytes: int = 0, executable: str = "redis-server"):
+                 maxmemory_bytes: int = 0, executable: str = "redis-server",
+                 supervise: bool = False):
+        """`supervise` runs redis-server under replay_service/supervisor.py, which restarts it
+        with the same config (port, password, AOF) whenever it dies abnormally."""
         if persistence not in ("aof", "snapshot", "none"):
             raise ValueError(f"persistence {persistence!r}: choose aof, snapshot or none")
         self.dir = Path(directory).resolve()
@@ -60,7 +68,8 @@ class RedisServer:
         if self.executable is None:
             raise FileNotFoundError(
                 "redis-server not found; `make install` installs Debian's redis-server")
-        self._proc: subprocess.Popen | None = None
+        self.supervise = supervise
+        self._proc: subprocess.Popen | None = None  # redis-server, or its supervisor
 
     @property
     def url(self) -> str:
@@ -99,9 +108,12 @@ class RedisServer:
         conf = self._write_conf()
         # Output to a file, not a pipe: the server may outlive this process (`cluster up`).
         with (self.dir / "redis.stderr").open("wb") as err_file:
-            self._proc = subprocess.Popen([self.executable, str(conf)],
-                                          stdout=subprocess.DEVNULL, stderr=err_file,
-                                          start_new_session=True)
+            cmd = [self.executable, str(conf)]
+            if self.supervise:
+                cmd = [sys.executable, "-m", "replay_service.supervisor", str(conf),
+                       "--dir", str(self.dir), "--executable", self.executable]
+            self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file,
+                                          start_new_session=True, cwd=_REPO_ROOT)
         deadline = time.monotonic() + timeout
         client = self.client()
         while True:
@@ -145,10 +157,24 @@ class RedisServer:
             self.kill()
 
     def kill(self) -> None:
-        """SIGKILL, as a crash would (tests use it)."""
+        """SIGKILL to everything this started (redis-server and any supervisor), as a crash of
+        the whole machine would (tests use it)."""
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self._proc.wait()
+
+    def server_pid(self) -> int:
+        """redis-server's own process id (under a supervisor, not the supervisor's)."""
+        return int(self.client().info("server")["process_id"])
+
+    @property
+    def restarts(self) -> int:
+        """Times the supervisor restarted redis-server."""
+        path = self.dir / "supervisor.restarts"
+        return int(path.read_text()) if path.exists() else 0
 
     @property
     def running(self) -> bool:

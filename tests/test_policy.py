@@ -91,8 +91,16 @@ def test_load_weights_rejects_missing_keys_and_bad_batches(setup):
     cfg, learner, frames = setup
     policy = Policy(cfg, A, N)
     _, state = learner.get_weights("policy")
-    with pytest.raises(RuntimeError, match="Missing"):
-        policy.load_weights(1, {k: v for k, v in state.items() if not k.startswith("ac.actor.")})
+    before = {k: v.clone() for k, v in policy._modules["wm.encoder."].state_dict().items()}
+    changed = {k: v + 1 if k.startswith("wm.encoder.") else v for k, v in state.items()}
+    with pytest.raises(ValueError, match="missing tensor 'ac.actor."):
+        policy.load_weights(1, {k: v for k, v in changed.items() if not k.startswith("ac.actor.")})
+    # All or nothing: the encoder (loaded before the actor) kept its weights.
+    for k, v in policy._modules["wm.encoder."].state_dict().items():
+        assert torch.equal(v, before[k]), k
+    key = next(k for k in state if k.startswith("ac.actor."))
+    with pytest.raises(ValueError, match="has shape"):
+        policy.load_weights(1, {**state, key: state[key][..., :1]})
     with pytest.raises(ValueError, match="expected 3 envs"):
         policy(obs(frames[0][:2], np.ones(2)))
     with pytest.raises(ValueError, match="mode"):

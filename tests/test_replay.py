@@ -293,6 +293,46 @@ def test_writer_times_out_when_the_learner_stops(server):
     assert meta["inserts"] * 1.0 - meta["samples"] <= spec.limits[1] + spec.chunk_length
 
 
+def test_a_timed_out_insert_keeps_its_chunk(server):
+    """A chunk whose insert timed out on the limiter is kept and stored later, never dropped:
+    after the timeout the writer holds it, and closing stores it (inserted == added exactly)."""
+    spec = spec_for(server, samples_per_insert=1.0, min_size=8, tolerance=8, wait_timeout=0.3)
+    writer = ReplayWriter(spec)
+    steps = list(episodes(0, [200], 0))
+    added = 0
+    with pytest.raises(ReplayTimeout):
+        for step in steps:
+            added += 1
+            writer.add("a", step)
+    writer.close()  # stores past the limiter: everything that was added
+    assert read_meta(server.client(), spec)["inserts"] == added
+
+
+def test_a_held_chunk_is_retried_before_newer_steps(server):
+    """While a timed-out chunk is held, the next add retries it first (and times out again if
+    the limiter still blocks); once the learner samples, everything lands in order."""
+    spec = spec_for(server, samples_per_insert=1.0, min_size=8, tolerance=8, wait_timeout=0.2)
+    writer = ReplayWriter(spec)
+    steps = iter(list(episodes(0, [400], 0)))
+    added = 0
+    with pytest.raises(ReplayTimeout):
+        for step in steps:
+            added += 1
+            writer.add("a", step)
+    held = writer.pending_steps()
+    assert held == spec.chunk_length
+    with pytest.raises(ReplayTimeout):  # the very next add retries the held chunk
+        added += 1
+        writer.add("a", next(steps))
+    assert writer.pending_steps() == held
+    ReplaySampler(spec).sample(8, 4)  # the learner samples: room for inserts again
+    added += 1
+    writer.add("a", next(steps))
+    assert writer.pending_steps() == 0
+    writer.close()
+    assert read_meta(server.client(), spec)["inserts"] == added
+
+
 def test_sampler_waits_for_min_size(server):
     spec = spec_for(server, min_size=100)
     writer, sampler = ReplayWriter(spec), ReplaySampler(spec)

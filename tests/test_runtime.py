@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import ray
 
-from diswm.broadcast import RunControl, WeightStore
+from diswm.broadcast import WeightStore
 from diswm.config import load_config
+from diswm.control import RunControl
 from diswm.runtime.cluster import Cluster, action_dim_of
 from diswm.runtime.monitor import query, start_prometheus, wait_ready
 from replay_service.client import ReplaySpec, read_meta
@@ -106,6 +107,18 @@ def test_scaling_2_to_1_to_3_keeps_everything_running(cluster):
     steps = actor_stats(cluster, "actor-2")["env_steps"]
     wait_for("the new actor to step", lambda: actor_stats(cluster, "actor-2")["env_steps"] > steps)
     assert learner_stats(cluster)["running"]
+
+
+def test_scaling_past_the_cpus_is_refused_at_once(cluster):
+    """Asking for more actors than Ray has CPUs used to hang 3 minutes and end in a raw
+    GetTimeoutError with an actor left pending; now it is refused up front, saying how many fit,
+    and nothing changes."""
+    before = cluster.actor_names()
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=r"so \d+ actors fit.*ray start --address"):
+        cluster.scale(64)
+    assert time.monotonic() - start < 30
+    assert cluster.actor_names() == before
 
 
 def test_killed_actor_comes_back_with_current_weights(cluster):

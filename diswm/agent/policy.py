@@ -56,10 +56,25 @@ class Policy:
 
     def load_weights(self, version: int, state: Mapping[str, Tensor]) -> None:
         """Load the policy subset of a learner state dict (keys "wm.encoder.", "wm.rssm.",
-        "ac.actor."); extra keys (decoder, critic, ...) are ignored, missing ones fail."""
+        "ac.actor."); extra keys (decoder, critic, ...) are ignored. All or nothing: a missing,
+        unexpected or mis-shaped tensor raises ValueError naming it before anything is loaded."""
+        subs = {}
         for prefix, module in self._modules.items():
             sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            module.load_state_dict(sub)
+            own = module.state_dict()
+            missing, extra = sorted(set(own) - set(sub)), sorted(set(sub) - set(own))
+            if missing or extra:
+                name = prefix + (missing or extra)[0]
+                raise ValueError(f"weights version {version}: {'missing' if missing else 'unexpected'}"
+                                 f" tensor {name!r}")
+            for key, value in sub.items():
+                if tuple(value.shape) != tuple(own[key].shape):
+                    raise ValueError(f"weights version {version}: {prefix + key!r} has shape "
+                                     f"{tuple(value.shape)}, the policy needs "
+                                     f"{tuple(own[key].shape)}")
+            subs[prefix] = sub
+        for prefix, module in self._modules.items():
+            module.load_state_dict(subs[prefix])
         self.version = int(version)
 
     @torch.no_grad()

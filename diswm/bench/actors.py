@@ -22,8 +22,9 @@ import numpy as np
 
 from diswm.agent import Policy
 from diswm.bench.common import write_report
-from diswm.broadcast import RunControl, WeightStore
+from diswm.broadcast import WeightStore
 from diswm.config import Config, replace
+from diswm.control import RunControl
 from diswm.envs import make_env
 
 

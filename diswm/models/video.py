@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
+from diswm.checkpoints import load_checkpoint
 from diswm.config import ModelConfig
 from diswm.models.dists import image_nll
 from diswm.models.losses import balanced_kl, standard_normal_kl
@@ -64,7 +64,7 @@ def video_scales(cfg: ModelConfig, *, beta: float) -> dict[str, float]:
 
 def load_pretrained(path: str | Path) -> dict[str, Tensor]:
     """The VideoModel state dict in a pretraining checkpoint (safe load, no unpickling)."""
-    obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    obj = load_checkpoint(path, "teacher checkpoint")
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     for key in ("video_model", "model"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from dataclasses import asdict
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from diswm.config import Config, build_config
+from diswm.control import NamespaceLease, RunFailed
+from diswm.supervision import one_line
 from replay_service.client import ReplaySampler, ReplaySpec, read_meta
 from replay_service.server import RedisServer, read_or_create_password
 
@@ -72,7 +75,8 @@ class Cluster:
                                        password=cfg.replay.password,
                                        persistence=cfg.replay.persistence,
                                        fsync=cfg.replay.fsync,
-                                       maxmemory_bytes=redis_maxmemory(cfg)).start()
+                                       maxmemory_bytes=redis_maxmemory(cfg),
+                                       supervise=True).start()
             password, port = redis_server.password, redis_server.port
         spec = ReplaySpec.from_config(cfg, port=port, password=password)
         address, head = cfg.runtime.ray_address, None
@@ -137,13 +141,23 @@ class Cluster:
 
         from learner.ray_learner import LearnerActor
 
+        # Refuse before anything starts if another live run holds the namespace (the learner
+        # takes the lease itself; this says it in one line instead of a failed Ray actor).
+        lease = NamespaceLease(self.redis_client(), self.namespace, str(self.run_dir))
+        holder = lease.holder()
+        if holder not in (None, str(self.run_dir)):
+            lease.acquire()  # raises NamespaceHeld naming the live run (unless it just ended)
+            lease.release()
         gpus = self.cfg.runtime.learner_gpus if _cluster_gpus() > 0 else 0
         opts = self._options("learner") | {"num_gpus": gpus,
                                            "num_cpus": self.cfg.runtime.learner_cpus}
         handle = ray.remote(LearnerActor).options(**opts).remote(
             self.cfg.to_dict(), self.spec, str(self.run_dir), action_dim,
             self.cfg.runtime.metrics_host)
-        ray.get(handle.pid.remote())  # wait until it is up (it publishes weights at start)
+        try:
+            ray.get(handle.pid.remote())  # wait until it is up (it publishes weights at start)
+        except ray.exceptions.RayActorError as err:
+            raise RunFailed(f"the learner failed to start: {_cause(err)}") from None
         self.handles["learner"] = handle
         self.refresh_targets()
         return handle
@@ -194,6 +208,16 @@ class Cluster:
             ray.kill(handle, no_restart=True)
             client.srem(self._actor_set(), f"actor-{index}")
             self.handles.pop(f"actor-{index}", None)
+        wanted = max(n - len(indices), 0)
+        free_cpus = ray.available_resources().get("CPU", 0.0)
+        if wanted > free_cpus:
+            total = ray.cluster_resources().get("CPU", 0.0)
+            fit = len(indices[:n]) + int(free_cpus)
+            raise ValueError(
+                f"cannot run {n} actors: each needs 1 CPU and Ray has {free_cpus:g} of its "
+                f"{total:g} CPUs free, so {fit} actors fit. Add resources: join another node "
+                "with `ray start --address=HEAD --num-cpus=N` (deploy/README.md), or start the "
+                "cluster with room to grow: diswm cluster up --ray-cpus N")
         started = []
         free = [i for i in range(n + len(indices)) if i not in indices]
         for index in free[:max(n - len(indices), 0)]:
@@ -203,7 +227,10 @@ class Cluster:
             client.sadd(self._actor_set(), f"actor-{index}")
             self.handles[f"actor-{index}"] = handle
             started.append(handle)
-        ray.get([h.pid.remote() for h in started], timeout=timeout)
+        try:
+            ray.get([h.pid.remote() for h in started], timeout=timeout)
+        except ray.exceptions.RayActorError as err:
+            raise RunFailed(f"an actor failed to start: {_cause(err)}") from None
         self.refresh_targets()
         return self.actor_names()
 
@@ -216,27 +243,55 @@ class Cluster:
                                        self.namespace)
 
     def status(self) -> dict[str, Any]:
+        """Everything `cluster status` shows; ``problems`` lists what is down or failing (one
+        line each: Redis unreachable, the learner gone or stopped by crashes, actors' errors)
+        and ``healthy`` is True only when it is empty."""
         import ray
+        import redis
 
-        sampler = ReplaySampler(self.spec)
-        try:
-            replay = sampler.stats()
-        finally:
-            sampler.close()
+        from diswm.control import RunControl
+        from diswm.rediskit import connect
+
         out: dict[str, Any] = {"run_dir": str(self.run_dir), "namespace": self.namespace,
-                               "replay": replay}
+                               "replay": None, "learner": None, "actors": []}
+        problems: list[str] = []
+        quick = connect(self.spec.host, self.spec.port, self.spec.password, outage_window=1)
+        try:
+            quick.ping()
+            redis_up = True
+        except redis.RedisError as err:
+            redis_up = False
+            problems.append(f"redis at {self.spec.host}:{self.spec.port} is unreachable "
+                            f"({type(err).__name__}: {err})")
+        if redis_up:
+            sampler = ReplaySampler(self.spec)
+            try:
+                out["replay"] = sampler.stats()
+            finally:
+                sampler.close()
+            errors = RunControl(quick, self.namespace).errors()
+            out["errors"] = errors
+            problems += [f"{role}: {message}" for role, message in sorted(errors.items())]
         try:
             out["learner"] = ray.get(self.learner().stats.remote(), timeout=30)
+            if out["learner"].get("failed"):
+                problems.append(f"learner: {out['learner']['error']}")
         except ValueError:
-            out["learner"] = None
-        actors = []
-        for name in self.actor_names():
+            problems.append("learner: not running")
+        except Exception as err:  # noqa: BLE001 - report, do not fail the status
+            problems.append(f"learner: unreachable ({type(err).__name__})")
+        for name in self.actor_names() if redis_up else []:
             try:
-                actors.append(ray.get(ray.get_actor(name, namespace=self.namespace)
-                                      .stats.remote(), timeout=30))
+                stats = ray.get(ray.get_actor(name, namespace=self.namespace).stats.remote(),
+                                timeout=30)
+                if stats.get("failed"):
+                    problems.append(f"{name}: {stats['failed']}")
             except Exception as err:  # noqa: BLE001 - report, do not fail the status
-                actors.append({"name": name, "error": str(err)})
-        out["actors"] = actors
+                stats = {"name": name, "error": f"{type(err).__name__}: {err}"[:300]}
+                problems.append(f"{name}: unreachable ({type(err).__name__})")
+            out["actors"].append(stats)
+        out["problems"] = list(dict.fromkeys(problems))  # each once, in order
+        out["healthy"] = not out["problems"]
         out["metrics_targets"] = str(self.run_dir / "prometheus" / "targets.json")
         return out
 
@@ -379,3 +434,12 @@ def _shutdown_redis(spec: ReplaySpec) -> None:
         client.shutdown()
     except redis.ConnectionError:
         pass
+
+
+def _cause(err: BaseException) -> str:
+    """The original exception line inside a Ray actor error (its traceback is in Ray's logs)."""
+    text = str(err)
+    lines = [ln.strip() for ln in text.splitlines()
+             if ln.strip() and not ln.strip().startswith(("File ", "^", "~"))]
+    errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Held|Failed):", ln)]
+    return (errors[-1] if errors else one_line(text))[:400]

@@ -44,9 +44,22 @@ def cmd_cluster_up(args: argparse.Namespace, cfg) -> int:
         cfg = replace(cfg, distill={"teacher": str(Path(args.teacher).resolve())})
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.yaml")
-    cluster = Cluster.create(cfg, run_dir, detached=True)
-    cluster.start_learner(action_dim_of(cfg))
-    names = cluster.scale(cfg.runtime.actors)
+    if args.ray_cpus is not None and args.ray_cpus < 1:
+        raise ValueError(f"--ray-cpus must be >= 1, got {args.ray_cpus}")
+    cluster = Cluster.create(cfg, run_dir, detached=True, num_cpus=args.ray_cpus)
+    try:
+        cluster.start_learner(action_dim_of(cfg))
+        names = cluster.scale(cfg.runtime.actors)
+    except BaseException:
+        # A failed start leaves nothing behind: no Redis, no Ray head, no state file.
+        _err("cluster up failed; stopping what it started")
+        try:
+            cluster.shutdown(stop_ray=True)
+        except Exception as err:  # noqa: BLE001 - the start's own error is the one to show
+            _err(f"cleanup after the failed start: {type(err).__name__}: {err}"[:300])
+        finally:
+            (run_dir / STATE_FILE).unlink(missing_ok=True)
+        raise
     _err(f"cluster up in {run_dir.resolve()}: learner + {len(names)} actors on Ray "
          f"{cluster.ray_address}, replay redis 127.0.0.1:{cluster.spec.port}")
     _err("status: make cluster-status | scale: make scale ACTORS=N | stop: make cluster-down | "
@@ -70,19 +83,24 @@ def cmd_cluster_status(args: argparse.Namespace, cfg) -> int:
     status = cluster.status()
     if args.json:
         print(json.dumps(status, indent=2, default=str))
-        return 0
+        return 0 if status["healthy"] else 1
     r, lrn = status["replay"], status["learner"] or {}
     print(f"run {status['run_dir']} (namespace {status['namespace']})")
     print(f"learner: updates {lrn.get('updates')}  version {lrn.get('version')}  env steps "
           f"{lrn.get('env_steps')}  scheme {lrn.get('scheme')}  last eval {lrn.get('last_eval')}")
-    print(f"replay:  {r['size_steps']} steps, {r['size_bytes'] / 1e6:.1f} MB "
-          f"(x{r['compression_ratio']:.1f}), inserts {r['inserts']}, samples {r['samples']}")
+    if r:
+        print(f"replay:  {r['size_steps']} steps, {r['size_bytes'] / 1e6:.1f} MB "
+              f"(x{r['compression_ratio']:.1f}), inserts {r['inserts']}, samples {r['samples']}")
     for a in status["actors"]:
         print(f"  {a.get('name', 'actor-' + str(a.get('actor')))}: env steps {a.get('env_steps')}"
               f"  episodes {a.get('episodes')}  policy v{a.get('policy_version')}  "
               f"scheme {a.get('scheme')}  metrics :{a.get('metrics_port')}")
     print(f"metrics targets: {status['metrics_targets']}")
-    return 0
+    for problem in status["problems"]:
+        print(f"PROBLEM: {problem}")
+    print("healthy" if status["healthy"] else
+          f"unhealthy: {len(status['problems'])} problem(s)")
+    return 0 if status["healthy"] else 1
 
 
 def cmd_cluster_down(args: argparse.Namespace, cfg) -> int:
@@ -176,6 +194,9 @@ def add_commands(sub, add_config_args, load_config) -> None:
     p.add_argument("--actors", type=int, default=None, help="actor count (runtime.actors)")
     p.add_argument("--teacher", default=None, metavar="CKPT", help="pretrained teacher")
     p.add_argument("--force", action="store_true", help="reuse a folder with stale state")
+    p.add_argument("--ray-cpus", type=int, default=None, metavar="N",
+                   help="logical CPUs of the Ray head (room to scale up later); default: the "
+                        "machine's, at least one per actor plus the learner's")
     p.add_argument("--run-dir", default=DEFAULT_CLUSTER_DIR)
     add_config_args(p)
     p.set_defaults(func=with_config(cmd_cluster_up))

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from diswm.config import Config, replace
+from diswm.control import RunControl, RunFailed
 from diswm.runtime.cluster import Cluster, action_dim_of
+from diswm.supervision import one_line
 
 
 def _pretrain(cfg: Config, run_dir: Path, progress: Callable[[str], None]) -> tuple[Path, dict]:
@@ -82,20 +84,26 @@ def run_job(cfg: Config, run_dir: str | Path, *, teacher: str | None = None,
         learner = cluster.start_learner(action_dim_of(cfg))
         cluster.scale(cfg.runtime.actors)
         _print_metrics_urls(cluster, progress)
-        seen = 0
+        seen, reported = 0, {}
         import ray
 
+        control = RunControl(cluster.redis_client(), cluster.namespace)
         while True:
             lines = ray.get(learner.progress_lines.remote(seen))
             seen += len(lines)
             for line in lines:
                 progress("      " + line)
+            for role, message in control.errors().items():  # crashes surface as they happen
+                if reported.get(role) != message:
+                    reported[role] = message
+                    progress(f"      {role}: {message}")
             if ray.get(learner.done.remote()):
                 break
             time.sleep(poll)  # a progress poll, not synchronisation: done() decides
         stats = ray.get(learner.stats.remote())
         if stats["error"]:
-            raise RuntimeError(f"the learner failed:\n{stats['error']}")
+            raise RunFailed(f"the learner failed: {one_line(stats['error'])} (run folder "
+                            f"{run_dir}; Ray's logs hold the traceback)")
         summary["stages"]["online_seconds"] = time.perf_counter() - online_start
     finally:
         final = cluster.shutdown()
