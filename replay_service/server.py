@@ -26,7 +26,6 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-
 _REPO_ROOT = str(Path(__file__).resolve().parents[1])  # `python -m replay_service.supervisor`
 
 
