@@ -293,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ValueError, NamespaceHeld, RunFailed) as err:
+    except (ConfigError, ValueError, OSError, NamespaceHeld, RunFailed) as err:
         print(f"diswm: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

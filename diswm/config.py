@@ -16,6 +16,7 @@ partial file in the same nested form).
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +30,16 @@ PRESETS_RESOURCE = "presets.yaml"
 
 
 class ConfigError(ValueError):
-    """A configuration key, type or value is invalid; the message names it."""
+    """A configuration key, type or value is invalid; the message names it (cut to a few hundred
+    characters: a huge or malformed value must not flood the terminal)."""
+
+    MAX_LEN = 3000  # room for the list of valid task ids; echoed values are cut by _show
+
+    def __init__(self, message: str):
+        message = " ".join(line.strip() for line in message.splitlines() if line.strip())
+        if len(message) > self.MAX_LEN:
+            message = message[:self.MAX_LEN - 20] + " ... (cut short)"
+        super().__init__(message)
 
 
 def _choices(*values: str) -> dict:
@@ -148,8 +158,8 @@ class TrainConfig:
 
     seed: int = 0
     steps: int = field(default=1_000_000, metadata=_range(gt=0))  # env steps
-    batch_size: int = field(default=50, metadata=_range(ge=1))
-    batch_length: int = field(default=50, metadata=_range(ge=2))
+    batch_size: int = field(default=50, metadata=_range(ge=1, le=4096))
+    batch_length: int = field(default=50, metadata=_range(ge=2, le=1000))
     train_every: int = field(default=5, metadata=_range(ge=1))  # agent steps per update
     prefill: int = field(default=2500, metadata=_range(ge=0))  # agent steps before training
     pretrain_updates: int = field(default=100, metadata=_range(ge=0))
@@ -179,7 +189,7 @@ class PretrainConfig:
     source_task: str = "dmc:cheetah_run"
     frames: int = field(default=1_000_000, metadata=_range(gt=0))
     updates: int = field(default=20_000, metadata=_range(gt=0))
-    batch_size: int = field(default=50, metadata=_range(ge=1))
+    batch_size: int = field(default=50, metadata=_range(ge=1, le=4096))
     batch_length: int = field(default=50, metadata=_range(ge=2))
     lr: float = field(default=3e-4, metadata=_range(gt=0.0))
     beta: float = field(default=0.015, metadata=_range(ge=0.0))  # beta_2
@@ -193,7 +203,7 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class ReplayConfig:
-    capacity: int = field(default=1_000_000, metadata=_range(gt=0))  # env steps kept
+    capacity: int = field(default=1_000_000, metadata=_range(gt=0, le=100_000_000))  # steps kept
     chunk_length: int = field(default=64, metadata=_range(ge=1))
     compression: str = field(default="lz4", metadata=_choices("lz4", "zstd", "none"))
     host: str = "127.0.0.1"
@@ -219,8 +229,8 @@ class ReplayConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    actors: int = field(default=4, metadata=_range(ge=0))
-    envs_per_actor: int = field(default=1, metadata=_range(ge=1))
+    actors: int = field(default=4, metadata=_range(ge=0, le=10_000))
+    envs_per_actor: int = field(default=1, metadata=_range(ge=1, le=64))  # ~85 MB per env
     learner_gpus: float = field(default=1.0, metadata=_range(ge=0.0))  # fractional GPUs share a card
     learner_cpus: int = field(default=2, metadata=_range(ge=1))  # torch threads of the learner
     ray_address: str = ""  # "" starts a local Ray
@@ -275,6 +285,22 @@ class Config:
             raise ConfigError(
                 "distill.enabled=true needs model.encoder=beta_vae (teacher and student share "
                 "the 20-d z); DreamerV2's conv encoder has none: set distill.enabled=false")
+        memory = physical_memory()
+        batch_bytes = (self.train.batch_size * self.train.batch_length * self.env.size ** 2 * 3
+                       * 4)  # the batch's images as float32, before any activation
+        if memory and batch_bytes > memory // 4:
+            raise ConfigError(
+                f"train.batch_size={self.train.batch_size} x train.batch_length="
+                f"{self.train.batch_length} at {self.env.size}x{self.env.size} needs "
+                f"{batch_bytes / 2**30:.1f} GiB for the batch's images alone; this machine has "
+                f"{memory / 2**30:.0f} GiB: use a smaller batch")
+        if (memory and not self.runtime.ray_address  # one machine: every env lives here
+                and self.runtime.envs_per_actor * self.runtime.actors * 85e6 > memory):
+            raise ConfigError(
+                f"runtime.actors={self.runtime.actors} x runtime.envs_per_actor="
+                f"{self.runtime.envs_per_actor} envs need about "
+                f"{self.runtime.actors * self.runtime.envs_per_actor * 85e6 / 2**30:.0f} GiB "
+                f"(~85 MB per env); this machine has {memory / 2**30:.0f} GiB")
         if self.train.device == "cuda":
             import torch
 
@@ -321,47 +347,47 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {_show(value)}")
     if tp is int:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {_show(value)}")
         if isinstance(value, int):
             return value
         try:
             as_float = float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+            raise ConfigError(f"{key}: expected an integer, got {_show(value)}") from None
         if as_float.is_integer():
             return int(as_float)
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {_show(value)}")
     if tp is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {_show(value)}")
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+            raise ConfigError(f"{key}: expected a number, got {_show(value)}") from None
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {_show(value)}")
     raise ConfigError(f"{key}: unsupported field type {annotation!r}")
 
 
 def _check_field(key: str, value: Any, meta: Mapping[str, Any]) -> None:
     if "choices" in meta and value not in meta["choices"]:
         allowed = ", ".join(repr(c) for c in meta["choices"])
-        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {allowed}")
+        raise ConfigError(f"{key}: {_show(value)} is not allowed; choose one of {allowed}")
     bounds = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
               "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
     for name, (sign, ok) in bounds.items():
         if name in meta and not ok(value, meta[name]):
-            raise ConfigError(f"{key}: {value!r} is out of range; it must be {sign} {meta[name]}")
+            raise ConfigError(f"{key}: {_show(value)} is out of range; it must be {sign} {meta[name]}")
 
 
 def _build_section(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix}: expected a mapping of keys, got {data!r}")
+        raise ConfigError(f"{prefix}: expected a mapping of keys, got {_show(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(fields))
@@ -411,15 +437,43 @@ def build_config(data: Mapping[str, Any]) -> Config:
 # ---------------------------------------------------------------------------------------------
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: the problem and where it is."""
+    problem = getattr(err, "problem", None) or type(err).__name__
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def _show(value: object, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters (a huge value must not flood the error)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def physical_memory() -> int:
+    """Bytes of RAM on this machine (0 if unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; refuse anything near a megabyte
+
+
 def _read_yaml(path: Path) -> dict:
     try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is {size / 2**20:.1f} MiB; a config is a few "
+                              "KB (is it the right file?)")
         text = path.read_text()
     except OSError as err:
         raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
     return data
@@ -446,7 +500,7 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`section.key=value` -> (["section", "key"], parsed value). Values parse as YAML scalars."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value")
+        raise ConfigError(f"override {_show(text)} must look like section.key=value")
     key, raw = text.split("=", 1)
     parts = key.strip().split(".")
     if len(parts) != 2 or not all(parts):
@@ -456,7 +510,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except yaml.YAMLError:
         value = raw
     if isinstance(value, (dict, list)):
-        raise ConfigError(f"override {key}: expected a scalar value, got {raw!r}")
+        raise ConfigError(f"override {key}: expected a scalar value, got {_show(raw)}")
     return parts, ("" if value is None else value)
 
 

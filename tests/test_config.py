@@ -203,3 +203,31 @@ def test_a_host_without_dm_control_validates_the_paper_tasks(monkeypatch):
             load_config([], ["env.task=dmc:acrobot_swingup"])
     finally:
         envs.list_tasks.cache_clear()
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["runtime.envs_per_actor=100000"], "runtime.envs_per_actor"),
+    (["train.batch_size=1000000000"], "train.batch_size"),
+    (["train.batch_size=4096", "train.batch_length=1000"], "train.batch_size"),
+    (["replay.capacity=1000000000000"], "replay.capacity"),
+    (["runtime.actors=2000", "runtime.envs_per_actor=64"], "runtime.actors"),
+])
+def test_configs_that_cannot_fit_the_machine_are_refused_by_name(overrides, key):
+    """Before: envs_per_actor=100000 was accepted (85 MB per env) and a serial run with
+    batch_size=1e9 hung while its memory grew."""
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config([], overrides)
+
+
+def test_a_huge_malformed_config_file_gives_a_short_error(tmp_path, capsys):
+    big = tmp_path / "big.yaml"
+    big.write_text("train: {steps: [" + "x, " * 200_000 + "\n")  # 600 KB, unterminated
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("# padding\n" * 200_000)  # 2 MB
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("train:\n  steps: " + "9" * 100_000 + "x\n")
+    for path in (big, huge, wrong):
+        assert main(["config", "show", "--config", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("diswm: error: ") and err.count("\n") == 1, err[:200]
+        assert len(err) < 500, (path.name, len(err))

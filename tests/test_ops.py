@@ -308,3 +308,29 @@ def test_clients_ride_out_an_outage_within_their_window(tmp_path):
         assert read_meta(server.client(), patient.spec)["inserts"] == 32
     finally:
         server.stop()
+
+
+def test_commands_on_folders_that_are_not_runs_say_so_in_one_line(tmp_path, capsys):
+    """`monitor` on a folder that is not a run created it and started Prometheus; `report` on
+    a folder given but holding no run said "no run folders given"; the cluster commands without
+    a cluster state printed a FileNotFoundError traceback and exited 0."""
+    from diswm.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = {
+        "monitor": (["monitor", "--run-dir", str(tmp_path / "notarun")], "not a run folder"),
+        "report": (["report", str(empty), "--out", str(tmp_path / "rep")], "is not a run"),
+        "report-missing": (["report", str(tmp_path / "gone"), "--out", str(tmp_path / "rep")],
+                           "no such run folder"),
+        "status": (["cluster", "status", "--run-dir", str(empty)], "no cluster state"),
+        "scale": (["cluster", "scale", "3", "--run-dir", str(empty)], "no cluster state"),
+        "down": (["cluster", "down", "--run-dir", str(empty)], "no cluster state"),
+    }
+    for name, (argv, message) in cases.items():
+        code = main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code != 0, name
+        assert len(err) == 1 and err[0].startswith("diswm: error: ") and message in err[0], \
+            (name, err)
+    assert not (tmp_path / "notarun").exists()  # monitor created nothing

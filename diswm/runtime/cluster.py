@@ -101,7 +101,7 @@ class Cluster:
         run_dir = Path(run_dir).resolve()
         state_path = run_dir / STATE_FILE
         if not state_path.exists():
-            raise FileNotFoundError(f"no cluster state at {state_path}; start one with "
+            raise ValueError(f"no cluster state at {state_path}; start one with "
                                     "`make cluster-up` (diswm cluster up)")
         state = json.loads(state_path.read_text())
         use_ray_token(run_dir)  # before Ray is imported: it reads the token once

@@ -119,6 +119,10 @@ def cmd_monitor(args: argparse.Namespace, cfg) -> int:
 
     from diswm.runtime.monitor import start_prometheus, wait_ready
 
+    run = Path(args.run_dir)
+    if not (run / "config.yaml").is_file():
+        raise ValueError(f"{run} is not a run folder (no config.yaml); point --run-dir at a "
+                         "run or cluster folder")
     proc = start_prometheus(args.run_dir, args.port)
 
     def stop(*_):
@@ -159,8 +163,13 @@ def cmd_report(args: argparse.Namespace, cfg) -> int:
     runs = [Path(r) for r in args.runs]
     expanded = []
     for run in runs:  # a folder of runs (an experiment's runs/) counts as all of them
-        expanded += ([run] if (run / "eval.csv").exists()
-                     else sorted(p.parent for p in run.glob("*/eval.csv")))
+        if not run.is_dir():
+            raise ValueError(f"{run}: no such run folder")
+        found = ([run] if (run / "eval.csv").exists()
+                 else sorted(p.parent for p in run.glob("*/eval.csv")))
+        if not found:
+            raise ValueError(f"{run} is not a run (no eval.csv in it or in its subfolders)")
+        expanded += found
     result = report(expanded, args.out)
     print(result["table"], end="")
     _err(f"wrote {args.out}/results.md, aggregate.csv and " + ", ".join(
