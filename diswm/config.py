@@ -208,7 +208,10 @@ class ReplayConfig:
     compression: str = field(default="lz4", metadata=_choices("lz4", "zstd", "none"))
     host: str = "127.0.0.1"
     port: int = field(default=0, metadata=_range(ge=0, le=65535))  # 0: pick a free port
-    password: str = ""  # "" generates one into the run folder
+    # Secrets never live in a config (configs are saved to config.yaml and into every
+    # checkpoint): the Redis password comes from $DISWM_REDIS_PASSWORD, else this file, else
+    # ("") one generated into the run folder (mode 0600).
+    password_file: str = ""
     namespace: str = "default"
     # Samples-per-insert limiter (Reverb's SampleToInsertRatio). The ratio is the train ratio,
     # train.batch_size / train.train_every sequences per agent step; sampling starts once
@@ -404,9 +407,21 @@ def _build_section(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+_SECRET_IN_CONFIG = ("replay.password: secrets are not read from configs (a config is saved to "
+                     "config.yaml and into every checkpoint); put the password in a file and set "
+                     "replay.password_file=PATH, or export DISWM_REDIS_PASSWORD")
+
+
 def _upgrade(data: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Read configs saved before a key was renamed: `train.amp` (bool) became
-    `train.precision` (amp false = fp32, as those runs computed; true = bf16)."""
+    """Read configs saved before a key was renamed or removed: `train.amp` (bool) became
+    `train.precision` (amp false = fp32, as those runs computed; true = bf16); an empty
+    `replay.password` (saved by older runs) is dropped, a set one refused (secrets come from a
+    file or the environment)."""
+    replay = data.get("replay") if isinstance(data, Mapping) else None
+    if isinstance(replay, Mapping) and "password" in replay:
+        if replay["password"]:
+            raise ConfigError(_SECRET_IN_CONFIG)
+        data = {**data, "replay": {k: v for k, v in replay.items() if k != "password"}}
     train = data.get("train") if isinstance(data, Mapping) else None
     if not isinstance(train, Mapping) or "amp" not in train:
         return data
@@ -530,6 +545,8 @@ def resolve_layers(presets: Iterable[str] = (), overrides: Iterable[str] = ()) -
         data = deep_merge(data, _upgrade(layer))
     for text in overrides:
         (section, key), value = parse_override(text)
+        if (section, key) == ("replay", "password"):
+            raise ConfigError(_SECRET_IN_CONFIG)
         if (section, key) == ("train", "amp"):
             raise ConfigError("train.amp was replaced by train.precision "
                               "(auto | fp32 | bf16 | fp16), e.g. --set train.precision=bf16")

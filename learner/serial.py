@@ -36,6 +36,7 @@ from diswm.agent import Policy
 from diswm.config import Config
 from diswm.diagnostics import open_loop_report
 from diswm.envs import make_env
+from diswm.runfolder import private_dir
 from learner.learner import Learner
 from replay_service.buffer import SequenceBuffer
 
@@ -198,7 +199,7 @@ class SerialRunner:
     def __init__(self, cfg: Config, run_dir: str | Path, *, resume: bool = False,
                  progress: Callable[[str], None] = print, log_every: int = 10):
         self.cfg, self.run_dir, self.progress, self.log_every = cfg, Path(run_dir), progress, log_every
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.run_dir)
         ensure_random_reference(cfg, self.run_dir, progress=progress)
         self.env = make_env(cfg.env, cfg.distraction, seed=cfg.train.seed)
         self.action_dim = int(self.env.act_space.shape[0])

@@ -26,6 +26,7 @@ from diswm import metrics
 from diswm.broadcast import WeightStore
 from diswm.config import Config
 from diswm.control import NamespaceLease, RunControl
+from diswm.runfolder import private_dir
 from learner.learner import Learner
 from learner.serial import (
     CHECKPOINT,
@@ -44,7 +45,7 @@ class LearnerService:
         self.cfg, self.spec, self.run_dir = cfg, spec, Path(run_dir)
         self.progress, self.log_every = progress, log_every
         self._log = lambda msg: self.progress(f"learner: {msg}")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.run_dir)
         ckpt = self.run_dir / CHECKPOINT
         self.evals: list[dict] = []
         self.next = {"eval": 0, "ckpt": cfg.train.checkpoint_every}

@@ -38,6 +38,7 @@ from diswm.models.losses import combine
 from diswm.models.nets import resolve_device
 from diswm.models.precision import Group, backward_and_step, resolve_precision
 from diswm.models.video import VideoModel, video_scales
+from diswm.runfolder import private_dir
 from pretrain.dataset import VideoDataset
 
 FORMAT = "diswm-pretrain-v1"
@@ -115,7 +116,7 @@ class PretrainRunner:
             self._restore()
             self.progress(f"resumed {self.run_dir} at update {self.updates}")
         else:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.run_dir)
             cfg.save(self.run_dir / "config.yaml")
             _atomic_text(self.run_dir / "data.json", json.dumps(data_info, indent=1) + "\n")
 

@@ -96,11 +96,30 @@ def connect(spec: ReplaySpec) -> redis.Redis:
 
 _INSERT_LUA = """
 local meta, logkey = KEYS[1], KEYS[2]
+-- Check everything before the first write: Redis does not roll back a script that fails
+-- midway, which would leave a stored chunk that the counters never include.
+local names = {'inserts', 'samples', 'gseq', 'evicted', 'size_steps', 'size_bytes', 'raw_bytes'}
+local vals = redis.call('HMGET', meta, unpack(names))
+local m = {}
+for i, name in ipairs(names) do
+  local v = vals[i]
+  if v then
+    local n = tonumber(v)
+    if n == nil or n ~= math.floor(n) then
+      return redis.error_reply('replay meta ' .. meta .. ' field ' .. name .. ' holds ' ..
+                               string.sub(v, 1, 40) .. ', not an integer; nothing was stored')
+    end
+    m[name] = n
+  else
+    m[name] = 0
+  end
+end
 local length, spi = tonumber(ARGV[4]), tonumber(ARGV[7])
+if not (length and spi and tonumber(ARGV[5]) and tonumber(ARGV[6]) and tonumber(ARGV[8])) then
+  return redis.error_reply('insert arguments are not numbers; nothing was stored')
+end
 if spi > 0 then
-  local ins = tonumber(redis.call('HGET', meta, 'inserts') or '0')
-  local smp = tonumber(redis.call('HGET', meta, 'samples') or '0')
-  if ins * spi - smp > tonumber(ARGV[8]) then return {0} end
+  if m['inserts'] * spi - m['samples'] > tonumber(ARGV[8]) then return {0} end
 end
 local g = redis.call('HINCRBY', meta, 'gseq', 1)
 local nbytes = string.len(ARGV[1])
@@ -112,7 +131,7 @@ redis.call('HINCRBY', meta, 'size_bytes', nbytes)
 redis.call('HINCRBY', meta, 'raw_bytes', tonumber(ARGV[5]))
 local size = redis.call('HINCRBY', meta, 'size_steps', length)
 local cap = tonumber(ARGV[6])
-local e = tonumber(redis.call('HGET', meta, 'evicted') or '0')
+local e = m['evicted']
 while size > cap and e + 1 < g do
   e = redis.call('HINCRBY', meta, 'evicted', 1)
   local entry = redis.call('XRANGE', logkey, e .. '-0', e .. '-0')

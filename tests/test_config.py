@@ -92,11 +92,31 @@ def test_configs_saved_before_precision_read_back_as_they_ran(tmp_path):
 
 def test_override_coercion():
     cfg = load_config([], ["train.steps=1e5", "optim.model_lr=1e-3", "train.compile=true",
-                           "replay.password=12345"])
+                           "replay.namespace=12345"])
     assert cfg.train.steps == 100_000 and isinstance(cfg.train.steps, int)
     assert cfg.optim.model_lr == 1e-3
     assert cfg.train.compile is True
-    assert cfg.replay.password == "12345"
+    assert cfg.replay.namespace == "12345"
+
+
+def test_secrets_are_never_taken_from_or_written_into_configs(tmp_path):
+    """A password given in a config ended up in config.yaml (mode 0644) and in every checkpoint:
+    it is refused, pointing at the file / environment variable; old saved configs with an empty
+    password still load."""
+    with pytest.raises(ConfigError, match="replay.password_file=PATH, or export "
+                                          "DISWM_REDIS_PASSWORD"):
+        load_config([], ["replay.password=hunter2"])
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("replay: {password: hunter2}\n")
+    with pytest.raises(ConfigError, match="secrets are not read from configs"):
+        load_config([str(secret)])
+    old = Config().to_dict()
+    old["replay"]["password"] = ""
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(old))
+    assert Config.load(path).replay.password_file == ""
+    assert "password" not in yaml.safe_dump(load_config([], ["replay.password_file=/x"])
+                                            .to_dict()).replace("password_file", "")
 
 
 @pytest.mark.parametrize("override,needle", [

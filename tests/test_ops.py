@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import time
 
 import pytest
@@ -170,6 +171,9 @@ def test_a_corrupt_counter_stops_after_bounded_restarts_and_is_surfaced(tmp_path
                                  f"replay.namespace={ns}"])
     cluster = Cluster.create(cfg, tmp_path / "run", num_cpus=4)
     try:
+        run = tmp_path / "run"
+        assert stat.S_IMODE(run.stat().st_mode) == 0o700  # a private run folder
+        assert cluster.spec.password.encode() not in (run / "cluster.json").read_bytes()
         cluster.start_learner(action_dim_of(cfg))
         cluster.scale(1)
         client = cluster.redis_client()

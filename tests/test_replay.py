@@ -333,6 +333,31 @@ def test_a_held_chunk_is_retried_before_newer_steps(server):
     assert read_meta(server.client(), spec)["inserts"] == added
 
 
+def test_a_corrupt_counter_refuses_the_insert_before_any_write(server):
+    """Redis does not roll back a script that fails midway: a non-numeric counter used to fail
+    the insert after its chunk and log entry were stored, leaving a chunk the size counters never
+    include. Now the script checks everything first and writes nothing."""
+    spec = spec_for(server, chunk_length=8)
+    writer = ReplayWriter(spec)
+    for step in episodes(0, [16], 0):
+        writer.add("a", step)
+    client, meta = server.client(), spec.prefix + "meta"
+    for field in ("size_bytes", "evicted", "inserts"):
+        good = client.hget(meta, field)
+        client.hset(meta, field, "oops")
+        before = (sorted(client.keys(spec.prefix + "chunk:*")), client.hget(meta, "gseq"),
+                  client.xlen(spec.prefix + "log"))
+        with pytest.raises(redis.ResponseError, match=f"{field}"):
+            for step in episodes(0, [8], 100):
+                writer.add("b", step)
+        after = (sorted(client.keys(spec.prefix + "chunk:*")), client.hget(meta, "gseq"),
+                 client.xlen(spec.prefix + "log"))
+        assert after == before, field
+        client.hset(meta, field, good or 0)
+        writer._pending.clear()
+        writer._builders.pop("b", None)
+
+
 def test_sampler_waits_for_min_size(server):
     spec = spec_for(server, min_size=100)
     writer, sampler = ReplayWriter(spec), ReplaySampler(spec)
@@ -451,3 +476,31 @@ def test_interrupted_insert_stores_past_the_limiter(server):
     writer.close()
     assert time.monotonic() - start < 10
     assert read_meta(server.client(), spec)["inserts"] == 100  # nothing lost
+
+
+def test_replay_check_finds_every_kind_of_inconsistency(server):
+    from replay_service.check import check_replay
+
+    spec = spec_for(server, chunk_length=8, capacity=48)
+    writer = ReplayWriter(spec)
+    for step in episodes(0, [100], 0):  # 13 chunks, some evicted by the capacity
+        writer.add("a", step)
+    writer.close()
+    client = server.client()
+    report = check_replay(client, spec, batch=3)  # paging through the log in small pages
+    assert report["consistent"], report["problems"]
+    meta = read_meta(client, spec)
+    assert report["chunks"] == meta["gseq"] - meta["evicted"] == report["records"]
+    # A record lost, an orphan record, a counter off by one, a counter that is not a number.
+    first = meta["evicted"] + 1
+    client.delete(spec.prefix + f"chunk:{first}")
+    assert meta["evicted"] >= 1
+    client.set(spec.prefix + "chunk:1", b"x")  # an evicted chunk's record left behind
+    client.hincrby(spec.prefix + "meta", "size_steps", 1)
+    client.hset(spec.prefix + "meta", "samples", "x")
+    problems = check_replay(client, spec)["problems"]
+    assert any(f"no record (first: {first})" in p for p in problems), problems
+    assert any("no log entry" in p and "(first: 1)" in p for p in problems), problems
+    assert any(p.startswith("size_steps is") for p in problems), problems
+    assert any("samples holds" in p for p in problems), problems
+    assert len(problems) == 4, problems

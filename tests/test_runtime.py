@@ -121,6 +121,26 @@ def test_scaling_past_the_cpus_is_refused_at_once(cluster):
     assert cluster.actor_names() == before
 
 
+def test_the_redis_password_is_in_no_config_state_or_checkpoint(cluster):
+    """A password once ended up in config.yaml (0644), cluster.json and every checkpoint."""
+    wait_for("a checkpoint", lambda: list((cluster.run_dir / "checkpoints").glob("*.pt")))
+    secret = cluster.spec.password.encode()
+    assert len(secret) >= 16
+    files = [cluster.run_dir / "config.yaml", cluster.run_dir / "cluster.json",
+             *(cluster.run_dir / "checkpoints").glob("*.pt")]
+    for path in files:
+        assert secret not in path.read_bytes(), path
+
+
+def test_replay_check_on_a_live_cluster(cluster, capsys):
+    """`diswm replay check RUN` while actors insert and the learner samples: consistent."""
+    from diswm.cli import main
+
+    assert main(["replay", "check", str(cluster.run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().endswith("consistent") and "PROBLEM" not in out
+
+
 def test_killed_actor_comes_back_with_current_weights(cluster):
     control = RunControl(cluster.redis_client(), cluster.namespace)
     restarts = control.counters()["actor_restarts"]

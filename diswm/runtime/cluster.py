@@ -24,6 +24,7 @@ from typing import Any
 
 from diswm.config import Config, build_config
 from diswm.control import NamespaceLease, RunFailed
+from diswm.runfolder import private_dir
 from diswm.supervision import one_line
 from replay_service.client import ReplaySampler, ReplaySpec, read_meta
 from replay_service.server import RedisServer, read_or_create_password
@@ -61,18 +62,18 @@ class Cluster:
                num_cpus: int | None = None) -> Cluster:
         """Start (or reach) Redis and Ray for a run whose config is saved in `run_dir`."""
         run_dir = Path(run_dir).resolve()
-        run_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(run_dir)
         if detached and not cfg.runtime.ray_address:
             use_ray_token(run_dir, create=True)  # before Ray is imported: it reads it once
         import ray
 
         redis_server = None
         if cfg.replay.port:  # an existing Redis (multi-machine): do not start one
-            password = cfg.replay.password or read_or_create_password(run_dir / "redis.password")
+            password = redis_password(cfg) or read_or_create_password(run_dir / "redis.password")
             port = cfg.replay.port
         else:
             redis_server = RedisServer(run_dir / "redis", host=cfg.replay.host,
-                                       password=cfg.replay.password,
+                                       password=redis_password(cfg),
                                        persistence=cfg.replay.persistence,
                                        fsync=cfg.replay.fsync,
                                        maxmemory_bytes=redis_maxmemory(cfg),
@@ -108,7 +109,8 @@ class Cluster:
         import ray
 
         cfg = build_config(state["config"])
-        spec = ReplaySpec(**state["spec"])
+        # The password is not in the state file: it comes from where the run took it.
+        spec = ReplaySpec(**{**state["spec"], "password": stored_password(cfg, run_dir)})
         if not ray.is_initialized():
             ray.init(address=state["ray_address"], namespace=spec.namespace, log_to_driver=False)
         cluster = cls(cfg, run_dir, spec, detached=True, ray_address=state["ray_address"])
@@ -118,7 +120,7 @@ class Cluster:
 
     def save_state(self) -> None:
         spec = asdict(self.spec)
-        spec["password"] = self.spec.password  # the folder is the operator's; file mode 0600
+        spec.pop("password")  # secrets stay in their file or the environment
         state = {"config": self.cfg.to_dict(), "spec": spec, "ray_address": self.ray_address,
                  "redis_pid": self.redis._proc.pid if self.redis and self.redis._proc else None,
                  "ray_head": self.ray_head, "namespace": self.namespace}
@@ -322,6 +324,37 @@ class Cluster:
 
     def replay_meta(self) -> dict[str, int]:
         return read_meta(self.redis_client(), self.spec)
+
+
+def redis_password(cfg: Config) -> str:
+    """The Redis password from $DISWM_REDIS_PASSWORD, else `replay.password_file`; "" when
+    neither is set (a local Redis then generates one into the run folder)."""
+    env = os.environ.get("DISWM_REDIS_PASSWORD", "").strip()
+    if env:
+        return env
+    if cfg.replay.password_file:
+        path = Path(cfg.replay.password_file).expanduser()
+        try:
+            text = path.read_text().strip()
+        except OSError as err:
+            raise ValueError(f"replay.password_file {path}: cannot read it "
+                             f"({err.strerror or err})") from None
+        if not text:
+            raise ValueError(f"replay.password_file {path} is empty")
+        return text
+    return ""
+
+
+def stored_password(cfg: Config, run_dir: Path) -> str:
+    """The password of a run's Redis, from the same source the run took it from."""
+    password = redis_password(cfg)
+    if password:
+        return password
+    for path in (run_dir / "redis" / "redis.password", run_dir / "redis.password"):
+        if path.exists():
+            return path.read_text().strip()
+    raise ValueError(f"no Redis password for {run_dir}: set DISWM_REDIS_PASSWORD or "
+                     "replay.password_file as when the cluster was started")
 
 
 def ray_cpus(cfg: Config) -> int:

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from diswm.runfolder import private_dir
+
 DEFAULT_CLUSTER_DIR = "runs/cluster"
 
 
@@ -42,7 +44,7 @@ def cmd_cluster_up(args: argparse.Namespace, cfg) -> int:
         cfg = replace(cfg, runtime={"actors": args.actors})
     if args.teacher:
         cfg = replace(cfg, distill={"teacher": str(Path(args.teacher).resolve())})
-    run_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(run_dir)
     cfg.save(run_dir / "config.yaml")
     if args.ray_cpus is not None and args.ray_cpus < 1:
         raise ValueError(f"--ray-cpus must be >= 1, got {args.ray_cpus}")
@@ -112,6 +114,44 @@ def cmd_cluster_down(args: argparse.Namespace, cfg) -> int:
     _err(f"cluster down; learner stopped at {summary and summary.get('updates')} updates, "
          f"checkpoint in {Path(args.run_dir) / 'checkpoints'}")
     return 0
+
+
+def cmd_replay_check(args: argparse.Namespace, cfg) -> int:
+    import redis
+
+    from diswm.config import build_config
+    from diswm.rediskit import connect
+    from diswm.runtime.cluster import STATE_FILE, stored_password
+    from replay_service.check import check_replay
+    from replay_service.client import ReplaySpec
+
+    run = Path(args.run_dir)
+    state_path = run / STATE_FILE
+    if not state_path.is_file():
+        raise ValueError(f"no cluster state at {state_path}: give the folder of a running "
+                         "cluster or run")
+    try:
+        state = json.loads(state_path.read_text())
+        cfg = build_config(state["config"])
+        spec = ReplaySpec(**{k: v for k, v in state["spec"].items() if k != "password"},
+                          password=stored_password(cfg, run))
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{state_path} is not a cluster state file ({err})"[:300]) from None
+    client = connect(spec.host, spec.port, spec.password, outage_window=1)
+    try:
+        report = check_replay(client, spec)
+    except redis.ConnectionError:
+        raise ValueError(f"redis at {spec.host}:{spec.port} is unreachable: is the cluster "
+                         "up?") from None
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"replay {spec.namespace!r}: {report['chunks']} chunks logged, "
+              f"{report['records']} records, {report['meta']['size_steps']} steps")
+        for problem in report["problems"]:
+            print(f"PROBLEM: {problem}")
+        print("consistent" if report["consistent"] else "inconsistent")
+    return 0 if report["consistent"] else 1
 
 
 def cmd_monitor(args: argparse.Namespace, cfg) -> int:
@@ -244,6 +284,13 @@ def add_commands(sub, add_config_args, load_config) -> None:
     p.add_argument("runs", nargs="+", help="run folders, or folders of run folders")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=without_config(cmd_report))
+
+    p = sub.add_parser("replay", help="the replay service: consistency check")
+    rsub = p.add_subparsers(dest="replay_command", required=True, metavar="ACTION")
+    p = rsub.add_parser("check", help="records, commit log and counters agree (exit 1 if not)")
+    p.add_argument("run_dir", metavar="RUN", help="a running cluster's or run's folder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=without_config(cmd_replay_check))
 
     p = sub.add_parser("monitor", help="a Prometheus server scraping a run (Debian's prometheus)")
     p.add_argument("--run-dir", default=DEFAULT_CLUSTER_DIR)

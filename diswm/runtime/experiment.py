@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from diswm.config import Config, ConfigError, load_config, preset_names, replace
+from diswm.runfolder import private_dir
 
 METHODS: dict[str, tuple[str, ...]] = {
     "diswm": (), "dreamerv2": ("dreamerv2",), "dv2_finetune": ("dv2_finetune",),
@@ -95,7 +96,7 @@ def run_experiment(transfer: str, *, methods: Sequence[str] = ("diswm",), seeds:
             if (run_dir / "summary.json").exists():
                 progress(f"{run_dir.name}: done already, skipped")
                 continue
-            run_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(run_dir)
             (run_dir / "experiment.json").write_text(json.dumps(
                 {"transfer": transfer, "method": method, "seed": seed, "budget": budget,
                  "presets": presets, "overrides": list(overrides)}, indent=2) + "\n")

@@ -22,6 +22,7 @@ from typing import Any
 
 from diswm.config import Config, replace
 from diswm.control import RunControl, RunFailed
+from diswm.runfolder import private_dir
 from diswm.runtime.cluster import Cluster, action_dim_of
 from diswm.supervision import one_line
 
@@ -55,7 +56,7 @@ def run_job(cfg: Config, run_dir: str | Path, *, teacher: str | None = None,
             skip_pretrain: bool = False, progress: Callable[[str], None] = print,
             poll: float = 2.0) -> dict[str, Any]:
     run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(run_dir)
     started = time.perf_counter()
     summary: dict[str, Any] = {"run_dir": str(run_dir), "stages": {}}
     needs_teacher = cfg.distill.enabled or cfg.distill.finetune
