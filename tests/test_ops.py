@@ -338,3 +338,40 @@ def test_commands_on_folders_that_are_not_runs_say_so_in_one_line(tmp_path, caps
         assert len(err) == 1 and err[0].startswith("diswm: error: ") and message in err[0], \
             (name, err)
     assert not (tmp_path / "notarun").exists()  # monitor created nothing
+
+
+def _listening(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex((host, port)) == 0
+
+
+def test_a_failed_cluster_up_leaves_nothing_running(tmp_path):
+    """A `cluster up` whose learner cannot start left Redis and the Ray head running (and a
+    state file); now it stops what it started and says why in one line."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint\n")
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "diswm", "cluster", "up", "--config", "tiny", "--actors", "1",
+         "--teacher", str(bad), "--run-dir", str(run)],
+        capture_output=True, text=True, timeout=400, cwd=root)
+    err = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0, proc.stderr[-2000:]
+    assert err[-1].startswith("diswm: error: the learner failed to start"), err[-3:]
+    assert str(bad) in err[-1] and "weights_only" not in err[-1]
+    assert not (run / "cluster.json").exists()
+    redis_port = int(re.search(r"^port (\d+)$", (run / "redis" / "redis.conf").read_text(),
+                               re.M).group(1))
+    head = re.search(r"--address='?([\d.]+):(\d+)", (run / "ray-head.log").read_text())
+    assert head, "the Ray head had started (its log has its address)"
+    assert not _listening("127.0.0.1", redis_port), "redis-server still running"
+    assert not _listening(head.group(1), int(head.group(2))), "Ray head still running"
