@@ -2,8 +2,12 @@
 
 Each run folder holds ``config.yaml`` and ``eval.csv`` (env_steps, return_mean, ...) and, when an
 experiment made it, ``experiment.json`` ({"transfer", "method", "seed"}). Runs are grouped by
-(task, method); evaluations are aligned on the eval schedule (env steps rounded to the nearest
-multiple of ``train.eval_every``); each point is the mean over seeds with a 95% Student-t band.
+(task, method); evaluations are aligned on their grid point (``eval_step``: k x
+``train.eval_every`` or the run's last step, learner/schedule.py). Runs written before the grid
+have no ``eval_step``: their env steps are rounded to the nearest multiple of ``eval_every``,
+and two evaluations that land on one point are an error that names both (never one dropped).
+Each point is the mean over seeds with every seed drawn; the 95% Student-t band only from 5
+seeds up.
 Reference points from the paper (``diswm/configs/anchor_scores.yaml``) are drawn beside them.
 """
 
@@ -47,9 +51,21 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     if not eval_path.exists():
         raise FileNotFoundError(f"{run_dir}: no eval.csv (did the run evaluate?)")
     with eval_path.open() as f:
-        rows = [{"env_steps": int(r["env_steps"]), "return": float(r["return_mean"])}
+        rows = [{"env_steps": int(r["env_steps"]), "return": float(r["return_mean"]),
+                 "eval_step": int(r["eval_step"]) if r.get("eval_step") else None}
                 for r in csv.DictReader(f)]
     every = int(cfg["train"]["eval_every"])
+    seen: dict[int, int] = {}
+    for row in rows:  # the point each evaluation is plotted at; two on one point is an error
+        point = (row["eval_step"] if row["eval_step"] is not None
+                 else int(round(row["env_steps"] / every)) * every)
+        if point in seen:
+            raise ValueError(
+                f"{eval_path}: the evaluations at env steps {seen[point]} and "
+                f"{row['env_steps']} both fall on point {point} (eval_every {every}); "
+                "neither is dropped: re-evaluate one of them or report the runs apart")
+        seen[point] = row["env_steps"]
+        row["point"] = point
     random_path = run_dir / "random.json"
     dist = cfg.get("distraction", {})
     switch = (float(dist["switch_at"]) * int(cfg["train"]["steps"])
@@ -65,12 +81,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str
     """(task, method) -> [{env_steps, mean, ci, n}] over seeds, on the eval schedule."""
     grouped: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        every = run["eval_every"]
-        per_step: dict[int, float] = {}
-        for row in run["rows"]:
-            per_step[int(round(row["env_steps"] / every)) * every] = row["return"]
-        for step, value in per_step.items():
-            grouped[(run["task"], run["method"])][step].append(value)
+        for row in run["rows"]:  # load_run guarantees one evaluation per point
+            grouped[(run["task"], run["method"])][row["point"]].append(row["return"])
     out = {}
     for key, steps in grouped.items():
         points = []
@@ -106,7 +118,8 @@ def plot(agg, runs, out: Path) -> list[Path]:
             line, = ax.plot(xs, ys, marker="o", lw=2, label=f"{method} (mean of {n})")
             seeds = [r for r in runs if r["task"] == task and r["method"] == method]
             for run in seeds:  # every seed visible
-                ax.plot([r["env_steps"] for r in run["rows"]], [r["return"] for r in run["rows"]],
+                ax.plot([r["point"] if r["eval_step"] is not None else r["env_steps"]
+                         for r in run["rows"]], [r["return"] for r in run["rows"]],
                         lw=0.8, alpha=0.6, color=line.get_color())
             if n >= 5:  # a t-band only where it means something; with few seeds the lines speak
                 ci = np.array([p["ci"] for p in points])

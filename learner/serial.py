@@ -38,6 +38,7 @@ from diswm.diagnostics import open_loop_report
 from diswm.envs import make_env
 from diswm.runfolder import private_dir
 from learner.learner import Learner
+from learner.schedule import RunSchedule, legacy_schedule
 from replay_service.buffer import SequenceBuffer
 
 CHECKPOINT = Path("checkpoints") / "latest.pt"
@@ -204,12 +205,14 @@ class SerialRunner:
         self.env = make_env(cfg.env, cfg.distraction, seed=cfg.train.seed)
         self.action_dim = int(self.env.act_space.shape[0])
         ckpt = self.run_dir / CHECKPOINT
-        self.counters = {"env_steps": 0, "agent_steps": 0, "episodes": 0, "next_eval": 0,
-                         "next_ckpt": cfg.train.checkpoint_every, "switched": 0}
+        self.counters = {"env_steps": 0, "agent_steps": 0, "episodes": 0, "switched": 0}
         self.evals: list[dict] = []
+        self.schedule = RunSchedule.from_config(cfg)
         if resume:
             self.learner, extra = Learner.from_checkpoint(ckpt, log=progress)
-            self.counters.update({k: int(v) for k, v in extra["counters"].items()})
+            self.counters.update({k: int(v) for k, v in extra["counters"].items()
+                                  if k in self.counters})
+            self.schedule.load(extra.get("schedule") or legacy_schedule(cfg, extra["counters"]))
             self.evals = json.loads((self.run_dir / "metrics.json").read_text())["evaluations"]
         else:
             cfg.save(self.run_dir / "config.yaml")
@@ -252,8 +255,7 @@ class SerialRunner:
         self._store(obs, np.zeros(self.action_dim, np.float32))
         metrics: dict[str, float] = {}
         while c["env_steps"] < end:
-            if cfg.distraction.enabled and not c["switched"] and \
-                    c["env_steps"] >= cfg.distraction.switch_at * cfg.train.steps:
+            if self.schedule.switch_due(c["env_steps"], self.learner.scheme):
                 self.env.set_scheme(cfg.distraction.switch_to)
                 self.learner.scheme, c["switched"] = cfg.distraction.switch_to, 1
                 self.progress(f"env step {c['env_steps']}: colour scheme -> "
@@ -277,9 +279,9 @@ class SerialRunner:
                     trained_initial = True
                 elif c["agent_steps"] % cfg.train.train_every == 0:
                     metrics = self._train(1)
-            if c["env_steps"] >= c["next_eval"]:
-                self._evaluate()
-            if c["env_steps"] >= c["next_ckpt"]:
+            if (point := self.schedule.eval_due(c["env_steps"])) is not None:
+                self._evaluate(point)
+            if self.schedule.checkpoint_due(c["env_steps"]):
                 self._checkpoint()
             if time.perf_counter() - last_log > 10 and metrics:
                 last_log = time.perf_counter()
@@ -287,22 +289,22 @@ class SerialRunner:
                               f"{self.learner.updates}  model loss {metrics['model_loss']:.1f}  "
                               f"eta {metrics['eta']:.3f}  {c['env_steps'] / (last_log - start):.0f}"
                               " env steps/s")
-        if end == cfg.train.steps:
-            self._evaluate()
+        if end == cfg.train.steps and (point := self.schedule.final_eval()) is not None:
+            self._evaluate(point)
         self._checkpoint()
         self.env.close()
         summary = self._write_summary(time.perf_counter() - start)
         return summary
 
-    def _evaluate(self) -> None:
+    def _evaluate(self, point: int) -> None:
         cfg, c = self.cfg, self.counters
-        c["next_eval"] = c["env_steps"] + cfg.train.eval_every
         if cfg.train.eval_episodes == 0:
             return
         scheme = self.learner.scheme
         returns, recording = evaluate_recorded(cfg, self.learner, cfg.train.eval_episodes,
                                                scheme, seed=cfg.train.seed + 10_000 + len(self.evals))
-        row = {"env_steps": c["env_steps"], "updates": self.learner.updates, "scheme": scheme,
+        row = {"eval_step": point, "env_steps": c["env_steps"], "updates": self.learner.updates,
+               "scheme": scheme,
                "return_mean": float(np.mean(returns)), "return_min": float(np.min(returns)),
                "return_max": float(np.max(returns)), "episodes": len(returns),
                **open_loop_eval(self.learner, recording, self.run_dir, c["env_steps"],
@@ -315,9 +317,8 @@ class SerialRunner:
         self._write_summary(None)
 
     def _checkpoint(self) -> None:
-        c = self.counters
-        c["next_ckpt"] = c["env_steps"] + self.cfg.train.checkpoint_every
-        self.learner.save(self.run_dir / CHECKPOINT, extra={"counters": dict(c)})
+        self.learner.save(self.run_dir / CHECKPOINT, extra={
+            "counters": dict(self.counters), "schedule": self.schedule.state()})
 
     def _write_summary(self, wall: float | None) -> dict[str, Any]:
         return write_summary(self.run_dir, self.cfg, self.evals, counters=dict(self.counters),

@@ -28,6 +28,7 @@ from diswm.config import Config
 from diswm.control import NamespaceLease, RunControl
 from diswm.runfolder import private_dir
 from learner.learner import Learner
+from learner.schedule import RunSchedule, legacy_schedule
 from learner.serial import (
     CHECKPOINT,
     append_csv,
@@ -48,10 +49,11 @@ class LearnerService:
         private_dir(self.run_dir)
         ckpt = self.run_dir / CHECKPOINT
         self.evals: list[dict] = []
-        self.next = {"eval": 0, "ckpt": cfg.train.checkpoint_every}
+        self.schedule = RunSchedule.from_config(cfg)
         if ckpt.exists():
             self.learner, extra = Learner.from_checkpoint(ckpt, log=self._log)
-            self.next.update({k: int(v) for k, v in extra.get("next", {}).items()})
+            self.schedule.load(extra.get("schedule")
+                               or legacy_schedule(cfg, extra.get("next", {})))
             summary = self.run_dir / "metrics.json"
             if summary.exists():
                 self.evals = json.loads(summary.read_text()).get("evaluations", [])
@@ -99,16 +101,14 @@ class LearnerService:
 
     def _maybe_switch(self, env_steps: int) -> None:
         d = self.cfg.distraction
-        if (d.enabled and d.switch_at < 1.0 and self.learner.scheme != d.switch_to
-                and env_steps >= d.switch_at * self.cfg.train.steps):
+        if self.schedule.switch_due(env_steps, self.learner.scheme):
             self.learner.scheme = d.switch_to
             self.control.set("scheme", d.switch_to)
             self.progress(f"env step {env_steps}: every env switches to colour scheme "
                           f"{d.switch_to}")
 
-    def evaluate(self, env_steps: int) -> None:
+    def evaluate(self, env_steps: int, point: int) -> None:
         cfg = self.cfg
-        self.next["eval"] = env_steps + cfg.train.eval_every
         if cfg.train.eval_episodes == 0:
             return
         scheme = self.learner.scheme
@@ -117,7 +117,7 @@ class LearnerService:
         openl = open_loop_eval(self.learner, recording, self.run_dir, env_steps,
                                f"{cfg.env.task}, env step {env_steps}, scheme {scheme}, "
                                f"{self.learner.updates} updates")
-        row = {"env_steps": env_steps, "updates": self.learner.updates,
+        row = {"eval_step": point, "env_steps": env_steps, "updates": self.learner.updates,
                "scheme": scheme, "return_mean": float(np.mean(returns)),
                "return_min": float(np.min(returns)), "return_max": float(np.max(returns)),
                "episodes": len(returns), "wall_seconds": time.perf_counter() - self.started,
@@ -133,8 +133,7 @@ class LearnerService:
         self.write_summary()
 
     def checkpoint(self, env_steps: int) -> None:
-        self.next["ckpt"] = env_steps + self.cfg.train.checkpoint_every
-        self.learner.save(self.run_dir / CHECKPOINT, extra={"next": dict(self.next)})
+        self.learner.save(self.run_dir / CHECKPOINT, extra={"schedule": self.schedule.state()})
         if self.cfg.replay.persistence == "snapshot":
             self.sampler.snapshot()
 
@@ -175,9 +174,9 @@ class LearnerService:
                     if idle_since and time.perf_counter() - idle_since > 30:
                         break  # the limiter allows no more samples: nothing left to train on
                 self._maybe_switch(env_steps)
-                if env_steps >= self.next["eval"] and self.learner.updates:
-                    self.evaluate(env_steps)
-                if env_steps >= self.next["ckpt"]:
+                if (point := self.schedule.eval_due(env_steps)) is not None:
+                    self.evaluate(env_steps, point)
+                if self.schedule.checkpoint_due(env_steps):
                     self.checkpoint(env_steps)
                 batch = prefetcher.get(timeout=0.5)
                 if batch is None:
@@ -215,8 +214,8 @@ class LearnerService:
         env_steps = self.env_steps()
         if env_steps >= self.cfg.train.steps:
             self.control.set("done", "1")
-            if self.cfg.train.eval_episodes:
-                self.evaluate(env_steps)
+            if (point := self.schedule.final_eval()) is not None:
+                self.evaluate(env_steps, point)
         self.checkpoint(env_steps)
         summary = self.write_summary()
         self.lease.release()

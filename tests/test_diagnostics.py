@@ -130,8 +130,8 @@ def test_cut_windows_spreads_up_to_three_windows_over_an_episode():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A short serial run on the tiny preset (episodes of 50 agent steps)."""
-    cfg = load_config(["tiny"], ["train.steps=200", "train.eval_every=1000",
-                                 "train.checkpoint_every=1000"])  # evals at the start and end
+    cfg = load_config(["tiny"], ["train.steps=200", "train.eval_every=100",
+                                 "train.checkpoint_every=1000"])  # evals at 100 and 200 (end)
     run_dir = tmp_path_factory.mktemp("diag") / "run"
     summary = SerialRunner(cfg, run_dir, progress=lambda m: None).run()
     return run_dir, summary
@@ -184,7 +184,7 @@ def test_distributed_learner_evaluation_adds_open_loop_row_png_and_gauges(tmp_pa
         spec = ReplaySpec.from_config(cfg, port=server.port, password=server.password)
         service = LearnerService(cfg, spec, tmp_path / "run", 6,  # cheetah run
                                  progress=lambda m: None)
-        service.evaluate(123)
+        service.evaluate(123, 100)
     finally:
         server.stop()
     row = next(csv.DictReader((tmp_path / "run" / "eval.csv").open()))

@@ -56,6 +56,36 @@ def test_report_aggregates_seeds_like_a_plain_computation(tmp_path):
     assert len(rows) == 8 and out["runs"] == 6
 
 
+def test_two_evaluations_on_one_point_fail_loudly(tmp_path):
+    """The committed runs had evaluations at 7,550 and 8,150 env steps that both rounded to
+    8,000; the report kept the later and dropped the earlier. Now that is an error naming both."""
+    run = fake_run(tmp_path, "a", "dmc:hopper_stand", "diswm", 0, None, [1.0, 2.0], every=1000)
+    with (run / "eval.csv").open("a", newline="") as f:
+        csv.writer(f).writerows([[7550, 5, "A", 5.8, 5.8, 5.8, 1],
+                                 [8150, 6, "A", 46.6, 46.6, 46.6, 1]])
+    with pytest.raises(ValueError, match=r"env steps 7550 and 8150 both fall on point 8000"):
+        load_run(run)
+
+
+def test_grid_points_align_runs_exactly(tmp_path):
+    """Evaluations carry their grid point (eval_step): seeds line up on it whatever their actual
+    env steps, and nothing is moved to a neighbouring point."""
+    runs = []
+    for seed, actual in enumerate(([1012, 2003, 2500], [1049, 2044, 2500])):
+        run = fake_run(tmp_path, f"s{seed}", "dmc:hopper_stand", "diswm", seed, None, [],
+                       every=1000)
+        with (run / "eval.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["eval_step", "env_steps", "updates", "scheme", "return_mean"])
+            for point, steps in zip((1000, 2000, 2500), actual, strict=True):
+                w.writerow([point, steps, 1, "A", float(seed + point)])
+        runs.append(load_run(run))
+    points = aggregate(runs)[("dmc:hopper_stand", "diswm")]
+    assert [p["env_steps"] for p in points] == [1000, 2000, 2500]
+    assert [p["mean"] for p in points] == [1000.5, 2000.5, 2500.5]
+    assert all(p["n"] == 2 for p in points)
+
+
 def test_single_seed_has_no_band(tmp_path):
     run = fake_run(tmp_path, "a", "dmc:hopper_stand", "diswm", 0, None, [1.0, 2.0])
     (point,) = aggregate([load_run(run)])[("dmc:hopper_stand", "diswm")][-1:]
