@@ -23,7 +23,7 @@ DISWM := $(VENV)/bin/diswm
 export MUJOCO_GL ?= egl
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: help install redis prometheus run test test-all lint format bench bench-envs \
+.PHONY: help install redis prometheus run test test-all test-two-nodes lint format bench bench-envs \
 	bench-replay bench-actors bench-learner cluster-up scale cluster-status cluster-down monitor clean
 
 help:
@@ -58,7 +58,11 @@ run: install
 	$(DISWM) run --config $(CONFIG) $(if $(SET),--set $(SET))
 
 test: install
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not two_nodes" $(PYTEST_ARGS)
+
+# deploy/README.md's multi-machine steps on one machine: a Ray head and a second Ray node.
+test-two-nodes: install
+	$(PY) -m pytest -q -m two_nodes $(PYTEST_ARGS)
 
 test-all: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

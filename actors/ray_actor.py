@@ -142,7 +142,7 @@ class EnvActor:
     def stats(self) -> dict[str, Any]:
         base = self.worker.stats() if self.worker is not None else {"actor": self.index}
         return {**base, "name": self.name, "pid": os.getpid(), "metrics_port": self.metrics_port,
-                "running": self._thread.is_alive(), "failed": self.failed}
+                "running": self._thread.is_alive(), "failed": self.failed, "node": _node_id()}
 
     def pid(self) -> int:
         return os.getpid()
@@ -155,3 +155,12 @@ def _reconstructed() -> bool:
         return bool(ray.get_runtime_context().was_current_actor_reconstructed)
     except Exception:  # noqa: BLE001 - outside Ray there is nothing to restart
         return False
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray there is no node
+        return None

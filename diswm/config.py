@@ -245,6 +245,12 @@ class RuntimeConfig:
     # 10 minutes stops restarting and surfaces the error (cluster status, diswm run); before
     # that, each restart waits a backoff doubling from 1 s to 60 s.
     max_crash_restarts: int = field(default=5, metadata=_range(ge=1, le=1000))
+    # Custom Ray resources every actor asks for, "NAME=AMOUNT[,NAME=AMOUNT]": "gpu_box=1" places
+    # actors only on nodes started with `ray start --resources='{"gpu_box": N}'`.
+    actor_resources: str = ""
+
+    def actor_resource_map(self) -> dict[str, float]:
+        return parse_resources(self.actor_resources, "runtime.actor_resources")
 
 
 @dataclass(frozen=True)
@@ -288,6 +294,7 @@ class Config:
             raise ConfigError(
                 "distill.enabled=true needs model.encoder=beta_vae (teacher and student share "
                 "the 20-d z); DreamerV2's conv encoder has none: set distill.enabled=false")
+        self.runtime.actor_resource_map()  # refuses a malformed value by name
         memory = physical_memory()
         batch_bytes = (self.train.batch_size * self.train.batch_length * self.env.size ** 2 * 3
                        * 4)  # the batch's images as float32, before any activation
@@ -463,6 +470,22 @@ def _show(value: object, limit: int = 80) -> str:
     """repr(value), cut to `limit` characters (a huge value must not flood the error)."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def parse_resources(text: str, key: str) -> dict[str, float]:
+    """"a=1,b=0.5" -> {"a": 1.0, "b": 0.5}; ConfigError naming `key` on anything else."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, amount = part.partition("=")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = -1.0
+        if not sep or not name.strip() or value <= 0 or name.strip() in ("CPU", "GPU", "memory"):
+            raise ConfigError(f"{key}: {_show(part)} must look like NAME=AMOUNT with a custom "
+                              "resource name and a positive amount, e.g. node2=1")
+        out[name.strip()] = value
+    return out
 
 
 def physical_memory() -> int:

@@ -124,8 +124,11 @@ class LearnerActor:
 
     def stats(self) -> dict[str, Any]:
         base = self.service.stats() if self.service is not None else {"updates": None}
+        from actors.ray_actor import _node_id
+
         return {**base, "pid": os.getpid(), "metrics_port": self.metrics_port,
-                "running": self.done() is False, "error": self.error, "failed": self.failed}
+                "running": self.done() is False, "error": self.error, "failed": self.failed,
+                "node": _node_id()}
 
     def progress_lines(self, start: int = 0) -> list[str]:
         return self.lines[start:]

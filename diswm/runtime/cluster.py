@@ -211,7 +211,17 @@ class Cluster:
             client.srem(self._actor_set(), f"actor-{index}")
             self.handles.pop(f"actor-{index}", None)
         wanted = max(n - len(indices), 0)
-        free_cpus = ray.available_resources().get("CPU", 0.0)
+        available = ray.available_resources()
+        custom = self.cfg.runtime.actor_resource_map()
+        for name, amount in custom.items():
+            if wanted and wanted * amount > available.get(name, 0.0) + 1e-9:
+                total = ray.cluster_resources().get(name, 0.0)
+                raise ValueError(
+                    f"cannot start {wanted} more actors asking for {name}={amount:g} each "
+                    f"(runtime.actor_resources): the cluster has {available.get(name, 0.0):g} "
+                    f"of {total:g} free. Add a node with `ray start --address=HEAD "
+                    f"--resources='{{\"{name}\": N}}'` (deploy/README.md)")
+        free_cpus = available.get("CPU", 0.0)
         if wanted > free_cpus:
             total = ray.cluster_resources().get("CPU", 0.0)
             fit = len(indices[:n]) + int(free_cpus)
@@ -224,6 +234,8 @@ class Cluster:
         free = [i for i in range(n + len(indices)) if i not in indices]
         for index in free[:max(n - len(indices), 0)]:
             opts = self._options(f"actor-{index}") | {"num_cpus": 1}
+            if custom:
+                opts["resources"] = custom
             handle = ray.remote(EnvActor).options(**opts).remote(
                 self.cfg.to_dict(), index, self.spec, self.cfg.runtime.metrics_host)
             client.sadd(self._actor_set(), f"actor-{index}")
