@@ -248,6 +248,9 @@ class RuntimeConfig:
     # Custom Ray resources every actor asks for, "NAME=AMOUNT[,NAME=AMOUNT]": "gpu_box=1" places
     # actors only on nodes started with `ray start --resources='{"gpu_box": N}'`.
     actor_resources: str = ""
+    # Evaluate in a Ray actor of its own on a snapshot of the weights (the learner keeps
+    # training); false evaluates inside the learner, which pauses for it.
+    eval_actor: bool = True
 
     def actor_resource_map(self) -> dict[str, float]:
         return parse_resources(self.actor_resources, "runtime.actor_resources")

@@ -208,6 +208,7 @@ class SerialRunner:
         self.counters = {"env_steps": 0, "agent_steps": 0, "episodes": 0, "switched": 0}
         self.evals: list[dict] = []
         self.schedule = RunSchedule.from_config(cfg)
+        self._evaluator = None  # built at the first evaluation
         if resume:
             self.learner, extra = Learner.from_checkpoint(ckpt, log=progress)
             self.counters.update({k: int(v) for k, v in extra["counters"].items()
@@ -297,23 +298,24 @@ class SerialRunner:
         return summary
 
     def _evaluate(self, point: int) -> None:
+        """The distributed learner's evaluation (learner/evaluator.py), run here: a snapshot
+        of the weights, seeded episodes in a forked RNG (training's random streams untouched)."""
+        from learner.evaluator import Evaluator, evaluation_snapshot
+
         cfg, c = self.cfg, self.counters
         if cfg.train.eval_episodes == 0:
             return
-        scheme = self.learner.scheme
-        returns, recording = evaluate_recorded(cfg, self.learner, cfg.train.eval_episodes,
-                                               scheme, seed=cfg.train.seed + 10_000 + len(self.evals))
-        row = {"eval_step": point, "env_steps": c["env_steps"], "updates": self.learner.updates,
-               "scheme": scheme,
-               "return_mean": float(np.mean(returns)), "return_min": float(np.min(returns)),
-               "return_max": float(np.max(returns)), "episodes": len(returns),
-               **open_loop_eval(self.learner, recording, self.run_dir, c["env_steps"],
-                                f"{cfg.env.task}, env step {c['env_steps']}, scheme {scheme}, "
-                                f"{self.learner.updates} updates")}
+        if self._evaluator is None:
+            self._evaluator = Evaluator(cfg.to_dict(), self.action_dim, self.run_dir)
+        snapshot = evaluation_snapshot(self.learner, point=point, env_steps=c["env_steps"],
+                                       scheme=self.learner.scheme,
+                                       seed=cfg.train.seed + 10_000 + len(self.evals))
+        row = self._evaluator.evaluate(snapshot)
         self.evals.append(row)
         append_csv(self.run_dir / "eval.csv", row)
         self.progress(f"eval at env step {c['env_steps']}: return {row['return_mean']:.1f} "
-                      f"(scheme {scheme}, {self.learner.updates} updates){openl_note(row)}")
+                      f"(scheme {row['scheme']}, {self.learner.updates} updates)"
+                      f"{openl_note(row)}")
         self._write_summary(None)
 
     def _checkpoint(self) -> None:

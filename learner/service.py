@@ -32,8 +32,6 @@ from learner.schedule import RunSchedule, legacy_schedule
 from learner.serial import (
     CHECKPOINT,
     append_csv,
-    evaluate_recorded,
-    open_loop_eval,
     openl_note,
     write_summary,
 )
@@ -77,6 +75,7 @@ class LearnerService:
             self.control.add(learner_restarts=1)
         self.control.set("scheme", self.learner.scheme)
         self.publish()
+        self._start_evaluator(action_dim)
         ns = spec.namespace
         self._m = {"updates": metrics.LEARNER_UPDATES.labels(ns),
                    "duration": metrics.LEARNER_UPDATE_DURATION.labels(ns),
@@ -107,29 +106,90 @@ class LearnerService:
             self.progress(f"env step {env_steps}: every env switches to colour scheme "
                           f"{d.switch_to}")
 
-    def evaluate(self, env_steps: int, point: int) -> None:
-        cfg = self.cfg
-        if cfg.train.eval_episodes == 0:
+    # -- evaluation (off the learner) ---------------------------------------------------------
+    def _start_evaluator(self, action_dim: int) -> None:
+        """The evaluation actor (learner/evaluator.py) when this runs inside Ray and
+        `runtime.eval_actor` is on; otherwise evaluations run here, on the same snapshot."""
+        self._evaluator, self._local_evaluator, self._pending = None, None, []
+        self._action_dim, self._submitted = action_dim, len(self.evals)
+        if not self.cfg.runtime.eval_actor or not self.cfg.train.eval_episodes:
             return
-        scheme = self.learner.scheme
-        returns, recording = evaluate_recorded(cfg, self.learner, cfg.train.eval_episodes, scheme,
-                                               seed=cfg.train.seed + 10_000 + len(self.evals))
-        openl = open_loop_eval(self.learner, recording, self.run_dir, env_steps,
-                               f"{cfg.env.task}, env step {env_steps}, scheme {scheme}, "
-                               f"{self.learner.updates} updates")
-        row = {"eval_step": point, "env_steps": env_steps, "updates": self.learner.updates,
-               "scheme": scheme, "return_mean": float(np.mean(returns)),
-               "return_min": float(np.min(returns)), "return_max": float(np.max(returns)),
-               "episodes": len(returns), "wall_seconds": time.perf_counter() - self.started,
-               **openl}
+        try:
+            import ray
+        except ImportError:
+            return
+        if not ray.is_initialized():
+            return
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from learner.evaluator import Evaluator
+
+        # On the learner's node where it fits: it writes open-loop images into the run folder.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self._evaluator = ray.remote(Evaluator).options(
+            num_cpus=1, max_restarts=2, max_task_retries=1, max_concurrency=1,
+            scheduling_strategy=here).remote(self.cfg.to_dict(), action_dim, str(self.run_dir), 1)
+
+    def evaluate(self, env_steps: int, point: int, wait: bool = False) -> None:
+        """Evaluate at grid `point` on a snapshot of the weights now, in the scheme in force:
+        handed to the evaluation actor (training goes on; `collect_evaluations` records the
+        rows in order), or run here when there is none or `wait`."""
+        from learner.evaluator import evaluation_snapshot
+
+        if not self.cfg.train.eval_episodes:
+            return
+        snapshot = evaluation_snapshot(
+            self.learner, point=point, env_steps=env_steps, scheme=self.learner.scheme,
+            seed=self.cfg.train.seed + 10_000 + self._submitted)
+        snapshot["wall_seconds"] = time.perf_counter() - self.started
+        self._submitted += 1
+        if self._evaluator is not None:
+            self._pending.append((snapshot, self._evaluator.evaluate.remote(snapshot)))
+        else:
+            self._pending.append((snapshot, None))
+        if wait or self._evaluator is None:
+            self.collect_evaluations(block=True)
+
+    def collect_evaluations(self, block: bool = False, timeout: float = 1800.0) -> int:
+        """Record finished evaluations, oldest first; returns how many."""
+        done = 0
+        while self._pending:
+            snapshot, ref = self._pending[0]
+            if ref is None:
+                row = self._evaluate_here(snapshot)
+            else:
+                import ray
+
+                ready, _ = ray.wait([ref], timeout=timeout if block else 0)
+                if not ready:
+                    break
+                try:
+                    row = ray.get(ref)
+                except Exception as err:  # noqa: BLE001 - the actor died twice: do it here
+                    self.progress(f"learner: the evaluation actor failed ({type(err).__name__}); "
+                                  f"evaluating env step {snapshot['env_steps']} here")
+                    row = self._evaluate_here(snapshot)
+            self._pending.pop(0)
+            self._record_eval({**row, "wall_seconds": round(snapshot["wall_seconds"], 3)})
+            done += 1
+        return done
+
+    def _evaluate_here(self, snapshot: dict) -> dict:
+        if self._local_evaluator is None:
+            from learner.evaluator import Evaluator
+
+            self._local_evaluator = Evaluator(self.cfg.to_dict(), self._action_dim, self.run_dir)
+        return self._local_evaluator.evaluate(snapshot)
+
+    def _record_eval(self, row: dict) -> None:
         self.evals.append(row)
         append_csv(self.run_dir / "eval.csv", row)
         self._m["eval"].set(row["return_mean"])
-        if openl["openl_image_mse"] is not None:
-            self._m["openl_image"].set(openl["openl_image_mse"])
-            self._m["openl_reward"].set(openl["openl_reward_mae"])
-        self.progress(f"eval at env step {env_steps}: return {row['return_mean']:.1f} "
-                      f"(scheme {scheme}, {self.learner.updates} updates){openl_note(row)}")
+        if row.get("openl_image_mse") is not None:
+            self._m["openl_image"].set(row["openl_image_mse"])
+            self._m["openl_reward"].set(row["openl_reward_mae"])
+        self.progress(f"eval at env step {row['env_steps']}: return {row['return_mean']:.1f} "
+                      f"(scheme {row['scheme']}, {row['updates']} updates){openl_note(row)}")
         self.write_summary()
 
     def checkpoint(self, env_steps: int) -> None:
@@ -183,6 +243,8 @@ class LearnerService:
                     idle_since = idle_since or time.perf_counter()
                     continue  # the limiter holds us back; look at the stop flag and counters
                 idle_since = 0.0
+                if self._pending:
+                    self.collect_evaluations()
                 repeats = 1 if initial_done else max(cfg.train.pretrain_updates, 1)
                 for _ in range(repeats):
                     self.last_metrics = self.train_on(batch, counters["agent_steps"])
@@ -216,6 +278,7 @@ class LearnerService:
             self.control.set("done", "1")
             if (point := self.schedule.final_eval()) is not None:
                 self.evaluate(env_steps, point)
+        self.collect_evaluations(block=True)  # every scheduled evaluation is in eval.csv
         self.checkpoint(env_steps)
         summary = self.write_summary()
         self.lease.release()

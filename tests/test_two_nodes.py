@@ -78,7 +78,7 @@ def test_actors_on_a_second_ray_node_fill_the_replay_and_the_targets_file(tmp_pa
     try:
         # 2. Ray: the head, then a second node with its own raylet and a custom resource.
         head_log, node_log = tmp_path / "head.log", tmp_path / "node2.log"
-        procs.append(start([RAY, "start", "--head", f"--port={free_port()}", "--num-cpus=3",
+        procs.append(start([RAY, "start", "--head", f"--port={free_port()}", "--num-cpus=4",
                             "--include-dashboard=false", "--disable-usage-stats", "--block"],
                            head_log, env))
         address = poll("the head's address", lambda: (m := re.search(
@@ -90,7 +90,8 @@ def test_actors_on_a_second_ray_node_fill_the_replay_and_the_targets_file(tmp_pa
                            node_log, env))
         poll("the second node", lambda: "will now block forever" in node_log.read_text(
             errors="replace"), timeout=120)
-        # 3. The run, pointed at both (the learner needs 3 CPUs: only the head has them).
+        # 3. The run, pointed at both (the learner needs 3 CPUs: only the head has them; its
+        #    evaluation actor takes the head's fourth).
         up = diswm("cluster", "up", "--actors", "2", "--config", "tiny", "--run-dir", str(run),
                    "--set", f"runtime.ray_address={address}", "replay.host=127.0.0.1",
                    f"replay.port={redis.port}", f"replay.password_file={password_file}",

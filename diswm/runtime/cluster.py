@@ -370,9 +370,10 @@ def stored_password(cfg: Config, run_dir: Path) -> str:
 
 
 def ray_cpus(cfg: Config) -> int:
-    """Logical CPUs for Ray's scheduler: one per actor plus the learner's, at least the machine's
-    (actors mostly wait on rendering or the rate limiter, so this oversubscribes on purpose)."""
-    return max(os.cpu_count() or 1, cfg.runtime.actors + cfg.runtime.learner_cpus + 1)
+    """Logical CPUs for Ray's scheduler: one per actor, the learner's, one for its evaluation
+    actor and one to scale up into; at least the machine's (actors mostly wait on rendering or
+    the rate limiter, so this oversubscribes on purpose). `cluster up --ray-cpus N` sets more."""
+    return max(os.cpu_count() or 1, cfg.runtime.actors + cfg.runtime.learner_cpus + 2)
 
 
 def _ray_cli() -> str:
