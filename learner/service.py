@@ -120,15 +120,18 @@ class LearnerService:
             return
         if not ray.is_initialized():
             return
+        # On the learner's node where it fits: it writes open-loop images into the run folder.
+        from ray.util import get_current_placement_group
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from learner.evaluator import Evaluator
 
-        # On the learner's node where it fits: it writes open-loop images into the run folder.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        self._evaluator = ray.remote(Evaluator).options(
-            num_cpus=1, max_restarts=2, max_task_retries=1, max_concurrency=1,
-            scheduling_strategy=here).remote(self.cfg.to_dict(), action_dim, str(self.run_dir), 1)
+        opts = {"num_cpus": 1, "max_restarts": 2, "max_task_retries": 1, "max_concurrency": 1}
+        if get_current_placement_group() is None:  # in a run's placement group it joins that
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=True)
+        self._evaluator = ray.remote(Evaluator).options(**opts).remote(
+            self.cfg.to_dict(), action_dim, str(self.run_dir), 1)
 
     def evaluate(self, env_steps: int, point: int, wait: bool = False) -> None:
         """Evaluate at grid `point` on a snapshot of the weights now, in the scheme in force:

@@ -207,8 +207,9 @@ class _RayRunner:
         if self._started:
             import logging
 
-            ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING,
-                     log_to_driver=False)
+            # address="local": our own instance, never a stray cluster this machine last ran
+            ray.init(address="local", num_cpus=workers, include_dashboard=False,
+                     logging_level=logging.WARNING, log_to_driver=False)
         self._remote = ray.remote(num_cpus=1, max_retries=2)(collect_shard)
         self._in_flight = 2 * workers
 

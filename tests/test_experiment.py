@@ -142,3 +142,39 @@ def test_tiny_experiment_end_to_end(tmp_path):
         overrides=["train.steps=300", "pretrain.frames=101", "pretrain.updates=2",
                    "runtime.actors=1"], progress=lambda msg: None)
     assert again["table"] == summary["table"]
+
+
+def test_concurrent_runs_share_one_cluster_and_redis_without_seeing_each_other(tmp_path):
+    """--parallel 2: both seeds run at once on one Ray and one Redis, each in its own namespace
+    and placement group; afterwards each namespace holds exactly its own run's steps."""
+    from diswm.control import RunControl
+    from diswm.runtime.experiment import run_experiment
+    from replay_service.client import ReplaySpec, read_meta
+    from replay_service.server import RedisServer
+
+    lines: list[str] = []
+    summary = run_experiment(
+        "finger_spin_to_cartpole_swingup", methods=["dreamerv2"], seeds=2, budget="cpu",
+        out=tmp_path / "exp", extra_presets=["tiny"], parallel=2,
+        overrides=["train.steps=300", "runtime.actors=1"], progress=lines.append)
+    assert summary["runs"] == 2
+    assert any("running 2 runs, up to 2 at once" in line for line in lines)
+    runs = tmp_path / "exp" / "runs"
+    # Both were in flight together: each started before the other finished.
+    starts = {n: next(i for i, ln in enumerate(lines) if ln.startswith(f"[{n}] run folder"))
+              for n in ("dreamerv2-seed0", "dreamerv2-seed1")}
+    ends = {n: next(i for i, ln in enumerate(lines) if ln.startswith(f"[{n}] done in"))
+            for n in starts}
+    assert max(starts.values()) < min(ends.values()), lines
+    # The shared Redis again, from its AOF: every namespace holds exactly its own run's steps.
+    with RedisServer(tmp_path / "exp" / "redis", persistence="aof") as server:
+        client = server.client()
+        for name in starts:
+            ns = f"exp-{name}"
+            counters = RunControl(client, ns).counters()
+            meta = read_meta(client, ReplaySpec(namespace=ns))
+            # initial observation of its one stream + every agent step + each reset observation
+            assert meta["inserts"] == 1 + counters["agent_steps"] + counters["episodes"], name
+            assert counters["env_steps"] >= 300
+        assert (runs / "dreamerv2-seed0" / "summary.json").exists()
+        assert (runs / "dreamerv2-seed1" / "summary.json").exists()

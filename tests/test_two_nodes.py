@@ -75,6 +75,7 @@ def test_actors_on_a_second_ray_node_fill_the_replay_and_the_targets_file(tmp_pa
     password_file.chmod(0o600)
     procs: list[subprocess.Popen] = []
     run = tmp_path / "run"
+    address = ""
     try:
         # 2. Ray: the head, then a second node with its own raylet and a custom resource.
         head_log, node_log = tmp_path / "head.log", tmp_path / "node2.log"
@@ -123,3 +124,8 @@ def test_actors_on_a_second_ray_node_fill_the_replay_and_the_targets_file(tmp_pa
         for proc in reversed(procs):
             stop(proc)
         redis.stop()
+        # `ray start --head` recorded this cluster as the machine's current one: forget it, as
+        # `ray stop` would, so that a later `ray.init()` does not try to join a dead cluster.
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.exists() and address and current.read_text().strip() == address:
+            current.unlink()

@@ -55,11 +55,15 @@ class Cluster:
         self.handles: dict[str, Any] = {}
         self._client = None
         self.ray_head: int | None = None  # process group of a Ray head we started
+        # Set for a run that shares Ray and Redis with others (concurrent experiment runs): its
+        # learner and actors go into this placement group, and shutdown leaves Ray and Redis.
+        self.placement_group = None
+        self.shared = False
 
     # -- creation ------------------------------------------------------------------------------
     @classmethod
     def create(cls, cfg: Config, run_dir: str | Path, *, detached: bool = False,
-               num_cpus: int | None = None) -> Cluster:
+               num_cpus: int | None = None, placement_group=None) -> Cluster:
         """Start (or reach) Redis and Ray for a run whose config is saved in `run_dir`."""
         run_dir = Path(run_dir).resolve()
         private_dir(run_dir)
@@ -93,6 +97,8 @@ class Cluster:
         cluster = cls(cfg, run_dir, spec, detached=detached, redis=redis_server,
                       ray_address=address)
         cluster.ray_head = head
+        if placement_group is not None:  # a run inside a shared cluster (experiment --parallel)
+            cluster.placement_group, cluster.shared = placement_group, True
         cluster.save_state()
         return cluster
 
@@ -136,6 +142,11 @@ class Cluster:
                                 "max_concurrency": 4}
         if self.detached:
             opts["lifetime"] = "detached"
+        if self.placement_group is not None:
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                self.placement_group, placement_group_capture_child_tasks=True)
         return opts
 
     def start_learner(self, action_dim: int):
@@ -211,7 +222,13 @@ class Cluster:
             client.srem(self._actor_set(), f"actor-{index}")
             self.handles.pop(f"actor-{index}", None)
         wanted = max(n - len(indices), 0)
-        available = ray.available_resources()
+        if self.placement_group is not None and n > self.cfg.runtime.actors:
+            raise ValueError(f"this run reserved room for {self.cfg.runtime.actors} actors in its "
+                             f"placement group; cannot run {n}")
+        available = ({} if self.placement_group is None or not wanted
+                     else {"CPU": float(wanted), **{k: wanted * v for k, v in
+                                                    self.cfg.runtime.actor_resource_map().items()}})
+        available = available or ray.available_resources()
         custom = self.cfg.runtime.actor_resource_map()
         for name, amount in custom.items():
             if wanted and wanted * amount > available.get(name, 0.0) + 1e-9:
@@ -325,7 +342,8 @@ class Cluster:
             except ValueError:
                 pass
         finally:
-            ray.shutdown()
+            if not self.shared:  # a shared Ray and Redis outlive this run
+                ray.shutdown()
             if self.ray_head and (stop_ray if stop_ray is not None else self.detached):
                 stop_ray_head(self.ray_head, self.ray_address)  # only the head we started
             if self.redis is not None:
@@ -336,6 +354,16 @@ class Cluster:
 
     def replay_meta(self) -> dict[str, int]:
         return read_meta(self.redis_client(), self.spec)
+
+
+def run_bundles(cfg: Config, gpus: bool) -> list[dict[str, float]]:
+    """What one run needs, as placement-group bundles: the learner (its CPUs and GPU share), its
+    evaluation actor, and one bundle per actor (with `runtime.actor_resources`)."""
+    learner = {"CPU": float(cfg.runtime.learner_cpus)}
+    if gpus and cfg.runtime.learner_gpus:
+        learner["GPU"] = float(cfg.runtime.learner_gpus)
+    actor = {"CPU": 1.0, **cfg.runtime.actor_resource_map()}
+    return [learner, {"CPU": 1.0}, *[dict(actor) for _ in range(cfg.runtime.actors)]]
 
 
 def redis_password(cfg: Config) -> str:

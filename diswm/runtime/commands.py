@@ -192,8 +192,11 @@ def cmd_experiment(args: argparse.Namespace, cfg) -> int:
     else:
         methods = ["diswm"] + (args.baselines or [m for m in METHODS if m != "diswm"])
     out = args.out or f"runs/experiments/{args.transfer}-{args.budget}"
+    if args.parallel < 1:
+        raise ValueError(f"--parallel must be at least 1, got {args.parallel}")
     run_experiment(args.transfer, methods=methods, seeds=args.seeds, budget=args.budget,
-                   out=out, overrides=args.overrides, extra_presets=args.config, progress=_err)
+                   out=out, overrides=args.overrides, extra_presets=args.config,
+                   parallel=args.parallel, retries=args.retries, progress=_err)
     return 0
 
 
@@ -274,6 +277,10 @@ def add_commands(sub, add_config_args, load_config) -> None:
                    help="cpu: the `cpu` preset (~45 min a run on 2 cores); paper: 1M env steps "
                         "(GPU)")
     p.add_argument("--out", default=None, help="default runs/experiments/TRANSFER-BUDGET")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="runs at once on one Ray and one Redis (each in its own namespace and "
+                        "placement group; the rest wait in Ray's queue); default 1")
+    p.add_argument("--retries", type=int, default=1, help="retries of a failed run")
     p.add_argument("--config", nargs="+", default=[], metavar="PRESET",
                    help="extra presets applied after the budget's")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from diswm.config import Config, ConfigError, load_config, preset_names, replace
+from diswm.control import RunFailed
 from diswm.runfolder import private_dir
 
 METHODS: dict[str, tuple[str, ...]] = {
@@ -60,8 +61,11 @@ def ensure_teacher(cfg: Config, data: Path, folder: Path, progress: Callable[[st
 
 def run_experiment(transfer: str, *, methods: Sequence[str] = ("diswm",), seeds: int = 1,
                    budget: str = "cpu", out: str | Path, overrides: Sequence[str] = (),
-                   extra_presets: Sequence[str] = (),
+                   extra_presets: Sequence[str] = (), parallel: int = 1, retries: int = 1,
                    progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """`parallel` > 1 runs up to that many method x seed runs at once on one Ray and one Redis
+    (each in its own replay namespace and placement group; runs the cluster cannot fit yet wait
+    in Ray's queue); a failed run is retried `retries` times, then reported."""
     from diswm.report import report
     from diswm.runtime.job import run_job
 
@@ -88,7 +92,7 @@ def run_experiment(transfer: str, *, methods: Sequence[str] = ("diswm",), seeds:
                     else f"pretrained-{cfg.model.encoder}")
             teacher = ensure_teacher(cfg, out / "data", out / name, progress)
         plans.append((method, presets, cfg, teacher))
-    runs = []
+    runs, todo = [], []
     for seed in range(seeds):  # seed-major: every method's seed 0 comes first
         for method, presets, cfg, teacher in plans:
             run_dir = out / "runs" / f"{method}-seed{seed}"
@@ -100,11 +104,114 @@ def run_experiment(transfer: str, *, methods: Sequence[str] = ("diswm",), seeds:
             (run_dir / "experiment.json").write_text(json.dumps(
                 {"transfer": transfer, "method": method, "seed": seed, "budget": budget,
                  "presets": presets, "overrides": list(overrides)}, indent=2) + "\n")
-            progress(f"=== {transfer}: {method}, seed {seed} -> {run_dir}")
-            run_job(replace(cfg, train={"seed": seed}), run_dir,
-                    teacher=str(teacher) if teacher else None, skip_pretrain=True,
-                    progress=progress)
-            report(runs, out / "report")  # the report grows as runs finish
-    summary = report(runs, out / "report")
+            todo.append((run_dir, replace(cfg, train={"seed": seed}), teacher,
+                         f"{transfer}: {method}, seed {seed}"))
+    failed: dict[str, str] = {}
+    if parallel > 1 and len(todo) > 1:
+        failed = _run_concurrently(todo, runs, out, parallel, retries, progress)
+    else:
+        for run_dir, cfg, teacher, title in todo:
+            progress(f"=== {title} -> {run_dir}")
+            run_job(cfg, run_dir, teacher=str(teacher) if teacher else None,
+                    skip_pretrain=True, progress=progress)
+            report([r for r in runs if (r / "summary.json").exists()],
+                   out / "report")  # the report grows as runs finish
+    done = [r for r in runs if (r / "summary.json").exists()]
+    summary = report(done, out / "report") if done else {"table": "", "plots": [], "runs": 0}
+    if failed:
+        raise RunFailed(f"{len(failed)} run(s) failed: " + "; ".join(
+            f"{name}: {err}" for name, err in failed.items()) + f" (report of the others in "
+            f"{out / 'report'})")
     progress(f"report: {out / 'report' / 'results.md'}\n{summary['table']}")
     return summary
+
+
+def _run_concurrently(todo, runs, out: Path, parallel: int, retries: int,
+                      progress: Callable[[str], None]) -> dict[str, str]:
+    """Run `todo` on one local Ray and one supervised Redis, `parallel` at a time: each run in
+    its own namespace (``<experiment>-<run>``) and placement group (learner, evaluator, actors),
+    which Ray grants when the cluster has room. Returns {run: error} of the runs that failed."""
+    import queue
+    import threading
+
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from diswm.report import report
+    from diswm.runtime.cluster import _cluster_gpus, run_bundles
+    from diswm.runtime.job import run_job
+    from replay_service.server import RedisServer
+
+    first_cfg = todo[0][1]
+    redis = RedisServer(out / "redis", persistence=first_cfg.replay.persistence,
+                        fsync=first_cfg.replay.fsync, supervise=True).start()
+    password_file = out / "redis" / "redis.password"
+    lock, failed = threading.Lock(), {}
+    jobs: queue.Queue = queue.Queue()
+    for item in todo:
+        jobs.put(item)
+    import os
+
+    per_run = max(sum(b.get("CPU", 0.0) for b in run_bundles(cfg, False)) for _, cfg, _, _ in todo)
+    started = ray.is_initialized()
+    if not started:  # room for `parallel` runs (oversubscribed on purpose, as ray_cpus does)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                 num_cpus=max(os.cpu_count() or 1, int(per_run * min(parallel, len(todo)))),
+                 namespace=f"experiment-{out.name}")
+    if per_run > ray.cluster_resources().get("CPU", 0.0):
+        if not started:
+            ray.shutdown()
+        redis.stop()
+        raise ValueError(f"one run needs {per_run:g} CPUs (learner, evaluator, actors) and the "
+                         f"Ray cluster has {ray.cluster_resources().get('CPU', 0.0):g}")
+    progress(f"running {len(todo)} runs, up to {parallel} at once, on Ray "
+             f"({ray.cluster_resources().get('CPU', 0):g} CPUs) and redis "
+             f"127.0.0.1:{redis.port}")
+
+    def worker() -> None:
+        while True:
+            try:
+                run_dir, cfg, teacher, title = jobs.get_nowait()
+            except queue.Empty:
+                return
+            name = run_dir.name
+            cfg = replace(cfg, replay={"port": redis.port, "password_file": str(password_file),
+                                       "namespace": f"{out.name}-{name}"})
+
+            def say(msg: str, name: str = name) -> None:
+                progress(f"[{name}] {msg}")
+
+            for attempt in range(retries + 1):
+                pg = placement_group(run_bundles(cfg, _cluster_gpus() > 0), strategy="PACK")
+                try:
+                    say(f"=== {title}: waiting for room in the cluster"
+                        + (f" (attempt {attempt + 1})" if attempt else ""))
+                    ray.get(pg.ready())
+                    run_job(cfg, run_dir, teacher=str(teacher) if teacher else None,
+                            skip_pretrain=True, progress=say, placement_group=pg)
+                    with lock:
+                        failed.pop(name, None)
+                        report([r for r in runs if (r / "summary.json").exists()],
+                               out / "report")  # the report grows as runs finish
+                    break
+                except Exception as err:  # noqa: BLE001 - reported, retried, never silent
+                    message = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+                    with lock:
+                        failed[name] = message
+                    say(f"failed: {message}"
+                        + ("; retrying" if attempt < retries else "; giving up"))
+                finally:
+                    remove_placement_group(pg)
+
+    threads = [threading.Thread(target=worker, name=f"experiment-{i}", daemon=True)
+               for i in range(min(parallel, len(todo)))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        if not started:
+            ray.shutdown()
+        redis.stop()
+    return failed

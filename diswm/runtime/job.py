@@ -54,7 +54,9 @@ def _pretrain(cfg: Config, run_dir: Path, progress: Callable[[str], None]) -> tu
 
 def run_job(cfg: Config, run_dir: str | Path, *, teacher: str | None = None,
             skip_pretrain: bool = False, progress: Callable[[str], None] = print,
-            poll: float = 2.0) -> dict[str, Any]:
+            poll: float = 2.0, placement_group=None) -> dict[str, Any]:
+    """The main job. With `placement_group` (experiment --parallel) the run joins the Ray and
+    Redis its caller started (cfg.replay.port) inside that reserved room, and leaves both up."""
     run_dir = Path(run_dir).resolve()
     private_dir(run_dir)
     started = time.perf_counter()
@@ -66,10 +68,13 @@ def run_job(cfg: Config, run_dir: str | Path, *, teacher: str | None = None,
     from learner.serial import ensure_random_reference
 
     random_ref = ensure_random_reference(cfg, run_dir, progress=progress)
-    cluster = Cluster.create(cfg, run_dir)
+    cluster = Cluster.create(cfg, run_dir, placement_group=placement_group)
     progress(f"run folder: {run_dir}")
-    progress(f"replay: redis on {cluster.spec.host}:{cluster.spec.port} (password in "
-             f"{run_dir / 'redis' / 'redis.password'}), Ray local")
+    where = (cfg.replay.password_file or "$DISWM_REDIS_PASSWORD") if cfg.replay.port else (
+        run_dir / "redis" / "redis.password")
+    progress(f"replay: redis on {cluster.spec.host}:{cluster.spec.port}, namespace "
+             f"{cluster.namespace} (password in {where}), Ray "
+             f"{'shared' if placement_group is not None else 'local'}")
     try:
         if needs_teacher and not cfg.distill.teacher and not skip_pretrain:
             path, info = _pretrain(cfg, run_dir, progress)
