@@ -162,7 +162,8 @@ def test_concurrent_runs_share_one_cluster_and_redis_without_seeing_each_other(t
     runs = tmp_path / "exp" / "runs"
     # Both were in flight together: each started before the other finished.
     starts = {n: next(i for i, ln in enumerate(lines) if ln.startswith(f"[{n}] run folder"))
-              for n in ("dreamerv2-seed0", "dreamerv2-seed1")}
+              for n in ("finger_spin_to_cartpole_swingup-dreamerv2-seed0",
+                        "finger_spin_to_cartpole_swingup-dreamerv2-seed1")}
     ends = {n: next(i for i, ln in enumerate(lines) if ln.startswith(f"[{n}] done in"))
             for n in starts}
     assert max(starts.values()) < min(ends.values()), lines
@@ -170,7 +171,7 @@ def test_concurrent_runs_share_one_cluster_and_redis_without_seeing_each_other(t
     with RedisServer(tmp_path / "exp" / "redis", persistence="aof") as server:
         client = server.client()
         for name in starts:
-            ns = f"exp-{name}"
+            ns = name
             counters = RunControl(client, ns).counters()
             meta = read_meta(client, ReplaySpec(namespace=ns))
             # initial observation of its one stream + every agent step + each reset observation
@@ -178,3 +179,21 @@ def test_concurrent_runs_share_one_cluster_and_redis_without_seeing_each_other(t
             assert counters["env_steps"] >= 300
         assert (runs / "dreamerv2-seed0" / "summary.json").exists()
         assert (runs / "dreamerv2-seed1" / "summary.json").exists()
+
+
+def test_experiment_all_plans_the_whole_table(tmp_path):
+    """`diswm experiment all`: every transfer of the paper's table, each in its own folder,
+    every run with its own namespace, the right task and seed."""
+    from diswm.runtime.experiment import plan_runs
+
+    runs, todo = plan_runs("all", methods=["dreamerv2"], seeds=2, budget="cpu",
+                           out=tmp_path, progress=lambda m: None)
+    assert len(runs) == len(todo) == len(TRANSFERS) * 2
+    assert len({ns for *_, ns in todo}) == len(todo)  # one namespace per run
+    for run_dir, cfg, _, _, ns in todo:
+        transfer = run_dir.parent.parent.name
+        assert transfer in TRANSFERS and ns.startswith(transfer)
+        assert cfg.env.task == load_config([transfer]).env.task
+        assert cfg.train.seed == int(run_dir.name[-1])
+        meta = json.loads((run_dir / "experiment.json").read_text())
+        assert meta["transfer"] == transfer

@@ -266,7 +266,8 @@ def add_commands(sub, add_config_args, load_config) -> None:
 
     p = sub.add_parser("experiment", help="a transfer task: collect, pretrain, train methods x "
                                           "seeds on the runtime, report")
-    p.add_argument("transfer", help="a transfer preset, e.g. cheetah_run_to_walker_walk")
+    p.add_argument("transfer", help="a transfer preset, e.g. cheetah_run_to_walker_walk, or "
+                                    "`all` for the paper's whole table")
     p.add_argument("--baselines", nargs="*", default=None, metavar="METHOD",
                    help="also run baselines: dreamerv2 dv2_finetune no_distill no_beta "
                         "(no names: all of them)")

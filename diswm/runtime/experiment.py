@@ -1,4 +1,4 @@
-"""`diswm experiment TRANSFER`: one command per row of the paper's table.
+"""`diswm experiment TRANSFER`: one command per row of the paper's table (`all`: the whole table).
 
     diswm experiment cheetah_run_to_walker_walk --baselines dreamerv2 --seeds 2 --budget cpu
 
@@ -69,8 +69,8 @@ def run_experiment(transfer: str, *, methods: Sequence[str] = ("diswm",), seeds:
     from diswm.report import report
     from diswm.runtime.job import run_job
 
-    if transfer not in TRANSFERS:
-        raise ConfigError(f"unknown transfer {transfer!r}; valid: {', '.join(TRANSFERS)}")
+    if transfer != "all" and transfer not in TRANSFERS:
+        raise ConfigError(f"unknown transfer {transfer!r}; valid: all, {', '.join(TRANSFERS)}")
     if budget not in BUDGETS:
         raise ConfigError(f"unknown budget {budget!r}; valid: {', '.join(BUDGETS)}")
     unknown = [m for m in methods if m not in METHODS]
@@ -80,37 +80,13 @@ def run_experiment(transfer: str, *, methods: Sequence[str] = ("diswm",), seeds:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     assert set(TRANSFERS) <= set(preset_names())
     out = Path(out).resolve()
-    plans = []
-    for method in methods:
-        presets = [*BUDGETS[budget], *extra_presets, transfer, *METHODS[method]]
-        cfg = load_config(presets, overrides)
-        teacher = None
-        if cfg.distill.enabled or cfg.distill.finetune:
-            # DisWM's teachers are beta-VAE video models (one per beta_2); DV2-finetune
-            # pretrains DreamerV2's own conv architecture on the same videos.
-            name = (f"teacher-beta{cfg.pretrain.beta:g}" if cfg.model.encoder == "beta_vae"
-                    else f"pretrained-{cfg.model.encoder}")
-            teacher = ensure_teacher(cfg, out / "data", out / name, progress)
-        plans.append((method, presets, cfg, teacher))
-    runs, todo = [], []
-    for seed in range(seeds):  # seed-major: every method's seed 0 comes first
-        for method, presets, cfg, teacher in plans:
-            run_dir = out / "runs" / f"{method}-seed{seed}"
-            runs.append(run_dir)
-            if (run_dir / "summary.json").exists():
-                progress(f"{run_dir.name}: done already, skipped")
-                continue
-            private_dir(run_dir)
-            (run_dir / "experiment.json").write_text(json.dumps(
-                {"transfer": transfer, "method": method, "seed": seed, "budget": budget,
-                 "presets": presets, "overrides": list(overrides)}, indent=2) + "\n")
-            todo.append((run_dir, replace(cfg, train={"seed": seed}), teacher,
-                         f"{transfer}: {method}, seed {seed}"))
+    runs, todo = plan_runs(transfer, methods=methods, seeds=seeds, budget=budget, out=out,
+                           overrides=overrides, extra_presets=extra_presets, progress=progress)
     failed: dict[str, str] = {}
     if parallel > 1 and len(todo) > 1:
         failed = _run_concurrently(todo, runs, out, parallel, retries, progress)
     else:
-        for run_dir, cfg, teacher, title in todo:
+        for run_dir, cfg, teacher, title, _ in todo:
             progress(f"=== {title} -> {run_dir}")
             run_job(cfg, run_dir, teacher=str(teacher) if teacher else None,
                     skip_pretrain=True, progress=progress)
@@ -126,10 +102,48 @@ def run_experiment(transfer: str, *, methods: Sequence[str] = ("diswm",), seeds:
     return summary
 
 
+def plan_runs(transfer: str, *, methods: Sequence[str], seeds: int, budget: str, out: Path,
+              overrides: Sequence[str] = (), extra_presets: Sequence[str] = (),
+              progress: Callable[[str], None] = print) -> tuple[list[Path], list[tuple]]:
+    """Every run folder of the experiment, and the runs still to do as (run folder, config,
+    teacher, title, namespace); collects and pretrains the teachers the methods need."""
+    # `all`: every transfer of the paper's table, each in OUT/<transfer>/, one report over all.
+    transfers = TRANSFERS if transfer == "all" else (transfer,)
+    runs, todo = [], []
+    for name in transfers:
+        folder = out / name if transfer == "all" else out
+        plans = []
+        for method in methods:
+            presets = [*BUDGETS[budget], *extra_presets, name, *METHODS[method]]
+            cfg = load_config(presets, overrides)
+            teacher = None
+            if cfg.distill.enabled or cfg.distill.finetune:
+                # DisWM's teachers are beta-VAE video models (one per beta_2); DV2-finetune
+                # pretrains DreamerV2's own conv architecture on the same videos.
+                kind = (f"teacher-beta{cfg.pretrain.beta:g}" if cfg.model.encoder == "beta_vae"
+                        else f"pretrained-{cfg.model.encoder}")
+                teacher = ensure_teacher(cfg, folder / "data", folder / kind, progress)
+            plans.append((method, presets, cfg, teacher))
+        for seed in range(seeds):  # seed-major: every method's seed 0 comes first
+            for method, presets, cfg, teacher in plans:
+                run_dir = folder / "runs" / f"{method}-seed{seed}"
+                runs.append(run_dir)
+                if (run_dir / "summary.json").exists():
+                    progress(f"{run_dir.name}: done already, skipped")
+                    continue
+                private_dir(run_dir)
+                (run_dir / "experiment.json").write_text(json.dumps(
+                    {"transfer": name, "method": method, "seed": seed, "budget": budget,
+                     "presets": presets, "overrides": list(overrides)}, indent=2) + "\n")
+                todo.append((run_dir, replace(cfg, train={"seed": seed}), teacher,
+                             f"{name}: {method}, seed {seed}", f"{name}-{method}-seed{seed}"))
+    return runs, todo
+
+
 def _run_concurrently(todo, runs, out: Path, parallel: int, retries: int,
                       progress: Callable[[str], None]) -> dict[str, str]:
     """Run `todo` on one local Ray and one supervised Redis, `parallel` at a time: each run in
-    its own namespace (``<experiment>-<run>``) and placement group (learner, evaluator, actors),
+    its own namespace (``<transfer>-<method>-seed<k>``) and placement group (learner, evaluator, actors),
     which Ray grants when the cluster has room. Returns {run: error} of the runs that failed."""
     import queue
     import threading
@@ -152,7 +166,8 @@ def _run_concurrently(todo, runs, out: Path, parallel: int, retries: int,
         jobs.put(item)
     import os
 
-    per_run = max(sum(b.get("CPU", 0.0) for b in run_bundles(cfg, False)) for _, cfg, _, _ in todo)
+    per_run = max(sum(b.get("CPU", 0.0) for b in run_bundles(cfg, False))
+                  for _, cfg, _, _, _ in todo)
     started = ray.is_initialized()
     if not started:  # room for `parallel` runs (oversubscribed on purpose, as ray_cpus does)
         ray.init(address="local", include_dashboard=False, log_to_driver=False,
@@ -171,12 +186,11 @@ def _run_concurrently(todo, runs, out: Path, parallel: int, retries: int,
     def worker() -> None:
         while True:
             try:
-                run_dir, cfg, teacher, title = jobs.get_nowait()
+                run_dir, cfg, teacher, title, name = jobs.get_nowait()
             except queue.Empty:
                 return
-            name = run_dir.name
             cfg = replace(cfg, replay={"port": redis.port, "password_file": str(password_file),
-                                       "namespace": f"{out.name}-{name}"})
+                                       "namespace": name})
 
             def say(msg: str, name: str = name) -> None:
                 progress(f"[{name}] {msg}")
