@@ -197,3 +197,26 @@ def test_experiment_all_plans_the_whole_table(tmp_path):
         assert cfg.train.seed == int(run_dir.name[-1])
         meta = json.loads((run_dir / "experiment.json").read_text())
         assert meta["transfer"] == transfer
+
+
+def test_a_failing_run_is_retried_then_named_and_the_others_are_reported(tmp_path):
+    """One of two concurrent runs cannot start (a corrupt checkpoint in its folder): it is
+    retried once, then the experiment fails naming it, with the other run done and reported."""
+    from diswm.control import RunFailed
+    from diswm.runtime.experiment import run_experiment
+
+    bad = tmp_path / "exp" / "runs" / "dreamerv2-seed1" / "checkpoints"
+    bad.mkdir(parents=True)
+    (bad / "latest.pt").write_bytes(b"not a checkpoint")
+    lines: list[str] = []
+    with pytest.raises(RunFailed, match=r"1 run\(s\) failed: .*dreamerv2-seed1.*latest\.pt"):
+        run_experiment("finger_spin_to_cartpole_swingup", methods=["dreamerv2"], seeds=2,
+                       budget="cpu", out=tmp_path / "exp", extra_presets=["tiny"], parallel=2,
+                       retries=1, overrides=["train.steps=300", "runtime.actors=1"],
+                       progress=lines.append)
+    failures = [ln for ln in lines if "dreamerv2-seed1] failed" in ln]
+    assert len(failures) == 2 and failures[0].endswith("retrying") \
+        and failures[1].endswith("giving up"), failures
+    assert (tmp_path / "exp" / "runs" / "dreamerv2-seed0" / "summary.json").exists()
+    table = (tmp_path / "exp" / "report" / "results.md").read_text()
+    assert "| dreamerv2 | 1 |" in table  # the finished seed is reported

@@ -336,7 +336,10 @@ class Cluster:
             self.scale(0)
             try:
                 handle = self.learner()
-                summary = ray.get(handle.stop.remote(), timeout=600)
+                try:
+                    summary = ray.get(handle.stop.remote(), timeout=600)
+                except ray.exceptions.RayActorError:
+                    summary = None  # a learner that died (or never started) has nothing to stop
                 ray.kill(handle, no_restart=True)
                 self.handles.pop("learner", None)
             except ValueError:
