@@ -73,8 +73,13 @@ class RunControl:
 
     # -- errors surfaced to operators --------------------------------------------------------
     def report_error(self, role: str, message: str) -> None:
-        """Record `role`'s error (one line) for `cluster status` and `diswm run`."""
-        self.client.hset(self.key, f"error:{role}", " ".join(message.split())[:500])
+        """Record `role`'s error (one line, stamped with when) for `cluster status` and
+        `diswm run`."""
+        import time
+
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        self.client.hset(self.key, f"error:{role}",
+                         f"[since {stamp}] " + " ".join(message.split())[:500])
 
     def clear_error(self, role: str) -> None:
         self.client.hdel(self.key, f"error:{role}")

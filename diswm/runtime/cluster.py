@@ -292,8 +292,10 @@ class Cluster:
             redis_up = True
         except redis.RedisError as err:
             redis_up = False
+            since = _last_line(self.run_dir / "redis" / "supervisor.log")
             problems.append(f"redis at {self.spec.host}:{self.spec.port} is unreachable "
-                            f"({type(err).__name__}: {err})")
+                            f"({type(err).__name__}: {err})"
+                            + (f"; its supervisor's last event: {since}" if since else ""))
         if redis_up:
             sampler = ReplaySampler(self.spec)
             try:
@@ -520,3 +522,11 @@ def _cause(err: BaseException) -> str:
              if ln.strip() and not ln.strip().startswith(("File ", "^", "~"))]
     errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Held|Failed):", ln)]
     return (errors[-1] if errors else one_line(text))[:400]
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:200] if lines else ""
