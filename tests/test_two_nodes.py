@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -126,6 +127,6 @@ def test_actors_on_a_second_ray_node_fill_the_replay_and_the_targets_file(tmp_pa
         redis.stop()
         # `ray start --head` recorded this cluster as the machine's current one: forget it, as
         # `ray stop` would, so that a later `ray.init()` does not try to join a dead cluster.
-        current = Path("/tmp/ray/ray_current_cluster")
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
         if current.exists() and address and current.read_text().strip() == address:
             current.unlink()
