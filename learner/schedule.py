@@ -49,8 +49,10 @@ class RunSchedule:
                 and env_steps >= self.switch_step)
 
     def eval_due(self, env_steps: int) -> int | None:
-        """The grid point to evaluate at now, if the run reached one not yet evaluated."""
-        reached = min(env_steps, self.steps) // self.eval_every * self.eval_every
+        """The grid point to evaluate at now, if the run reached one not yet evaluated. The run's
+        last step is not one of them: `final_eval` takes it, on the final weights (the learner
+        still trains the updates it is owed after the actors stop)."""
+        reached = min(env_steps, self.steps - 1) // self.eval_every * self.eval_every
         if reached <= self.evaluated or reached == 0:
             return None
         self.skipped_evals += (reached - self.evaluated) // self.eval_every - 1
