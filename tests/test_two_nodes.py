@@ -14,11 +14,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from test_runtime import wait_for as poll
 
 from replay_service.client import ReplaySpec, read_meta
 from replay_service.server import RedisServer, free_port
@@ -26,17 +26,6 @@ from replay_service.server import RedisServer, free_port
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 pytestmark = pytest.mark.two_nodes
-
-
-def poll(what: str, check, timeout: float = 180.0, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)  # a poll with a deadline
 
 
 def start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:

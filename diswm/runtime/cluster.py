@@ -225,28 +225,27 @@ class Cluster:
         if self.placement_group is not None and n > self.cfg.runtime.actors:
             raise ValueError(f"this run reserved room for {self.cfg.runtime.actors} actors in its "
                              f"placement group; cannot run {n}")
-        available = ({} if self.placement_group is None or not wanted
-                     else {"CPU": float(wanted), **{k: wanted * v for k, v in
-                                                    self.cfg.runtime.actor_resource_map().items()}})
-        available = available or ray.available_resources()
         custom = self.cfg.runtime.actor_resource_map()
-        for name, amount in custom.items():
-            if wanted and wanted * amount > available.get(name, 0.0) + 1e-9:
-                total = ray.cluster_resources().get(name, 0.0)
+        # A run in a placement group has its actors' room reserved; otherwise check it now.
+        if wanted and self.placement_group is None:
+            available = ray.available_resources()
+            for name, amount in custom.items():
+                if wanted * amount > available.get(name, 0.0) + 1e-9:
+                    total = ray.cluster_resources().get(name, 0.0)
+                    raise ValueError(
+                        f"cannot start {wanted} more actors asking for {name}={amount:g} each "
+                        f"(runtime.actor_resources): the cluster has {available.get(name, 0.0):g} "
+                        f"of {total:g} free. Add a node with `ray start --address=HEAD "
+                        f"--resources='{{\"{name}\": N}}'` (deploy/README.md)")
+            free_cpus = available.get("CPU", 0.0)
+            if wanted > free_cpus:
+                total = ray.cluster_resources().get("CPU", 0.0)
+                fit = len(indices[:n]) + int(free_cpus)
                 raise ValueError(
-                    f"cannot start {wanted} more actors asking for {name}={amount:g} each "
-                    f"(runtime.actor_resources): the cluster has {available.get(name, 0.0):g} "
-                    f"of {total:g} free. Add a node with `ray start --address=HEAD "
-                    f"--resources='{{\"{name}\": N}}'` (deploy/README.md)")
-        free_cpus = available.get("CPU", 0.0)
-        if wanted > free_cpus:
-            total = ray.cluster_resources().get("CPU", 0.0)
-            fit = len(indices[:n]) + int(free_cpus)
-            raise ValueError(
-                f"cannot run {n} actors: each needs 1 CPU and Ray has {free_cpus:g} of its "
-                f"{total:g} CPUs free, so {fit} actors fit. Add resources: join another node "
-                "with `ray start --address=HEAD --num-cpus=N` (deploy/README.md), or start the "
-                "cluster with room to grow: diswm cluster up --ray-cpus N")
+                    f"cannot run {n} actors: each needs 1 CPU and Ray has {free_cpus:g} of its "
+                    f"{total:g} CPUs free, so {fit} actors fit. Add resources: join another node "
+                    "with `ray start --address=HEAD --num-cpus=N` (deploy/README.md), or start the "
+                    "cluster with room to grow: diswm cluster up --ray-cpus N")
         started = []
         free = [i for i in range(n + len(indices)) if i not in indices]
         for index in free[:max(n - len(indices), 0)]:
