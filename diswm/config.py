@@ -228,6 +228,9 @@ class ReplayConfig:
     # checkpoints (lose what came after the last one); "none": in memory only.
     persistence: str = field(default="aof", metadata=_choices("aof", "snapshot", "none"))
     fsync: str = field(default="everysec", metadata=_choices("everysec", "always", "no"))
+    # > 1: the replay is sharded over a Redis Cluster with this many masters (one shard each;
+    # replay_service/shards.py): started locally, or the one at replay.host:replay.port.
+    shards: int = field(default=1, metadata=_range(ge=1, le=1024))
 
 
 @dataclass(frozen=True)
@@ -288,11 +291,17 @@ class Config:
                 f"replay.capacity={self.replay.capacity} must hold at least two chunks "
                 f"(2 x replay.chunk_length={self.replay.chunk_length})")
         if self.replay.rate_limit and 2 * self.replay.tolerance * self.samples_per_insert < (
-                self.train.batch_size):
+                self.train.batch_size * self.replay.shards):
+            per_shard = (f" over replay.shards={self.replay.shards} (each shard's limiter has "
+                         "1/shards of it)" if self.replay.shards > 1 else "")
             raise ConfigError(
                 f"replay.tolerance={self.replay.tolerance} agent steps is too small for "
                 f"train.batch_size={self.train.batch_size} at {self.samples_per_insert:g} "
-                "samples per insert; the limiter could stall both sides")
+                f"samples per insert{per_shard}; the limiter could stall both sides")
+        if self.replay.capacity < 2 * self.replay.chunk_length * self.replay.shards:
+            raise ConfigError(
+                f"replay.capacity={self.replay.capacity} must hold at least two chunks per shard "
+                f"(2 x replay.chunk_length x replay.shards={self.replay.shards})")
         if self.model.encoder == "conv" and self.distill.enabled:
             raise ConfigError(
                 "distill.enabled=true needs model.encoder=beta_vae (teacher and student share "

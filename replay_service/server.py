@@ -51,9 +51,12 @@ class RedisServer:
     def __init__(self, directory: str | Path, *, host: str = "127.0.0.1", port: int = 0,
                  password: str = "", persistence: str = "aof", fsync: str = "everysec",
                  maxmemory_bytes: int = 0, executable: str = "redis-server",
-                 supervise: bool = False):
+                 supervise: bool = False, cluster: bool = False):
         """`supervise` runs redis-server under replay_service/supervisor.py, which restarts it
-        with the same config (port, password, AOF) whenever it dies abnormally."""
+        with the same config (port, password, AOF) whenever it dies abnormally. `cluster` starts
+        it as a Redis Cluster node (replay_service/shards.py forms the cluster): its bus on its
+        own free port, its cluster state in ``<dir>/nodes.conf``, serving its slots while
+        another node is down."""
         if persistence not in ("aof", "snapshot", "none"):
             raise ValueError(f"persistence {persistence!r}: choose aof, snapshot or none")
         self.dir = Path(directory).resolve()
@@ -68,6 +71,8 @@ class RedisServer:
             raise FileNotFoundError(
                 "redis-server not found; `make install` installs Debian's redis-server")
         self.supervise = supervise
+        self.cluster = cluster
+        self.cluster_port = 0  # the cluster bus port, picked once (a restart keeps it)
         self._proc: subprocess.Popen | None = None  # redis-server, or its supervisor
 
     @property
@@ -88,6 +93,13 @@ class RedisServer:
             f"maxmemory {self.maxmemory}",
             "dbfilename dump.rdb",
         ]
+        if self.cluster:
+            lines += ["cluster-enabled yes", f"cluster-port {self.cluster_port}",
+                      f"cluster-config-file {self.dir / 'nodes.conf'}",
+                      "cluster-node-timeout 5000",
+                      # A dead node's slots are unavailable; the others keep serving theirs.
+                      "cluster-require-full-coverage no",
+                      f"masterauth {self.password}"]  # replicas authenticate to their master
         if self.persistence == "aof":
             lines += ["appendonly yes", f"appendfsync {self.fsync}", 'save ""']
         elif self.persistence == "snapshot":
@@ -104,6 +116,9 @@ class RedisServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port(self.host)
+        if self.cluster and not self.cluster_port:
+            while self.cluster_port in (0, self.port):
+                self.cluster_port = free_port(self.host)
         conf = self._write_conf()
         # Output to a file, not a pipe: the server may outlive this process (`cluster up`).
         with (self.dir / "redis.stderr").open("wb") as err_file:

@@ -1,5 +1,6 @@
 """Where a replay lives and how to reach it: `ReplaySpec` (plain data, safe to ship to actors),
-the client connection, the counters (`read_meta`), and the limiter's polling with a deadline."""
+the client connection (one Redis, or a Redis Cluster for a sharded replay), the counters
+(`read_meta`), and the limiter's polling with a deadline."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import time
 from dataclasses import dataclass
 
 import redis
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
 
 from diswm import rediskit
+from replay_service.shards import shard_tag
 
 
 class ReplayTimeout(TimeoutError):
@@ -32,6 +37,10 @@ class ReplaySpec:
     wait_timeout: float = 120.0
     selector: str = "uniform"
     outage_window: float = 120.0  # seconds clients retry while Redis is unreachable
+    # > 1: the replay is sharded over a Redis Cluster reached through host:port (and any of
+    # `cluster_nodes`, "host:port" strings, should that one be down); see replay_service/shards.py
+    shards: int = 1
+    cluster_nodes: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, cfg, *, host: str | None = None, port: int, password: str) -> ReplaySpec:
@@ -41,7 +50,8 @@ class ReplaySpec:
                    samples_per_insert=cfg.samples_per_insert if r.rate_limit else 0.0,
                    min_size=max(cfg.train.prefill, cfg.train.batch_length, 1),
                    tolerance=float(r.tolerance), wait_timeout=r.wait_timeout,
-                   selector=r.selector, outage_window=r.outage_window)
+                   selector=r.selector, outage_window=r.outage_window,
+                   shards=r.shards)
 
     @property
     def prefix(self) -> str:
@@ -49,15 +59,55 @@ class ReplaySpec:
 
     @property
     def limits(self) -> tuple[float, float]:
-        """(min_diff, max_diff) of diff = inserts * spi - samples, as in Reverb."""
-        offset = self.samples_per_insert * self.min_size
-        slack = self.samples_per_insert * self.tolerance
+        """(min_diff, max_diff) of diff = inserts * spi - samples, as in Reverb; per shard when
+        sharded (each shard's limiter holds its 1/shards of the minimum size and the slack, so
+        the shards' bands add up to the global one)."""
+        offset = self.samples_per_insert * self.min_size / self.shards
+        slack = self.samples_per_insert * self.tolerance / self.shards
         return offset - slack, offset + slack
 
+    @property
+    def shard_min_size(self) -> int:
+        """Steps a shard holds before it is sampled (its share of `min_size`)."""
+        return -(-self.min_size // self.shards)
 
-def connect(spec: ReplaySpec) -> redis.Redis:
-    """A client that retries through short outages (e.g. a Redis restart)."""
-    return rediskit.connect(spec.host, spec.port, spec.password, spec.outage_window)
+    def shard_prefix(self, k: int) -> str:
+        """Shard k's key prefix: ``diswm:NS:`` unsharded, ``diswm:NS:{TAG}:`` on a cluster."""
+        if self.shards == 1:
+            return self.prefix
+        return f"{self.prefix}{{{shard_tag(k, self.shards)}}}:"
+
+    @property
+    def shard_prefixes(self) -> list[str]:
+        return [self.shard_prefix(k) for k in range(self.shards)]
+
+
+def connect(spec: ReplaySpec, *, fail_fast: bool = False) -> redis.Redis | RedisCluster:
+    """A client that retries through short outages (e.g. a Redis restart). For a sharded replay
+    a Redis Cluster client; its commands to a node that is down raise ConnectionError after one
+    quick retry (`fail_fast`: none), and the writer and sampler decide how long to wait."""
+    if spec.shards == 1:
+        return rediskit.connect(spec.host, spec.port, spec.password, spec.outage_window)
+    nodes = [ClusterNode(spec.host, spec.port)]
+    for address in spec.cluster_nodes:
+        host, _, port = address.rpartition(":")
+        nodes.append(ClusterNode(host, int(port)))
+    backoff = _Backoff(spec.outage_window)
+    while True:
+        try:
+            return RedisCluster(startup_nodes=nodes, password=spec.password or None,
+                                socket_timeout=60, socket_connect_timeout=2,
+                                retry=Retry(NoBackoff(), 0 if fail_fast else 1),
+                                dynamic_startup_nodes=False, require_full_coverage=False)
+        except redis.AuthenticationError:
+            raise
+        except (redis.ConnectionError, redis.exceptions.RedisClusterException) as err:
+            if time.monotonic() > backoff.deadline:
+                raise redis.ConnectionError(
+                    f"no node of the Redis cluster at {spec.host}:{spec.port} answered within "
+                    f"{spec.outage_window:g} s: {err}") from None
+            time.sleep(min(backoff.delay, 1.0))  # retrying a cluster that is down, with a deadline
+            backoff.delay = min(backoff.delay * 2, 1.0)
 
 
 class _Backoff:
@@ -79,7 +129,15 @@ class _Backoff:
         return time.monotonic() - self.start
 
 
-def read_meta(client: redis.Redis, spec: ReplaySpec) -> dict[str, int]:
-    raw = client.hgetall(spec.prefix + "meta")
-    keys = ("inserts", "samples", "size_steps", "size_bytes", "raw_bytes", "gseq", "evicted")
-    return {k: int(raw.get(k.encode(), 0)) for k in keys}
+META_FIELDS = ("inserts", "samples", "size_steps", "size_bytes", "raw_bytes", "gseq", "evicted")
+
+
+def read_meta(client: redis.Redis, spec: ReplaySpec, shard: int | None = None) -> dict[str, int]:
+    """The replay's counters: shard `shard`'s, or (None) the sum over all shards."""
+    shards = range(spec.shards) if shard is None else [shard]
+    total = dict.fromkeys(META_FIELDS, 0)
+    for k in shards:
+        raw = client.hgetall(spec.shard_prefix(k) + "meta")
+        for name in META_FIELDS:
+            total[name] += int(raw.get(name.encode(), 0))
+    return total

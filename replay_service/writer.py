@@ -1,11 +1,20 @@
 """The actor side of the replay: `ReplayWriter` cuts each stream's steps into chunks and stores
-them through the insert script; a chunk that timed out on the limiter is held and retried."""
+them through the insert script; a chunk that timed out on the limiter is held and retried.
+
+On a sharded replay every stream of one writer lives on one shard (`shard`, by default picked
+from the first stream's name): an actor that blocks on one shard's limiter then never starves
+another shard it also feeds. While that shard is down the writer holds its chunks and retries
+for `outage_window` seconds."""
 
 from __future__ import annotations
 
 import collections
 import json
+import time
+import zlib
 from collections.abc import Callable, Mapping
+
+import redis
 
 from diswm import metrics
 from diswm.records import encode
@@ -17,12 +26,23 @@ from replay_service.spec import ReplaySpec, _Backoff, connect
 class ReplayWriter:
     """Actor side: cuts each stream's steps into chunks and stores them through the limiter."""
 
-    def __init__(self, spec: ReplaySpec, interrupt: Callable[[], bool] | None = None):
+    def __init__(self, spec: ReplaySpec, interrupt: Callable[[], bool] | None = None,
+                 shard: int | None = None):
         """`interrupt()` (polled while the limiter blocks an insert) returning True stores the
-        chunk past the limiter at once: a stopping actor must not wait, nor lose data."""
+        chunk past the limiter at once: a stopping actor must not wait, nor lose data. `shard`
+        (sharded replays) is where all of this writer's streams go; None picks it from the
+        first stream's name (crc32 mod shards); actors pass their index mod shards."""
+        if shard is not None and not 0 <= shard < spec.shards:
+            raise ValueError(f"shard {shard} does not exist (replay.shards={spec.shards})")
         self.spec = spec
+        self.shard = shard
         self.client = connect(spec)
-        self._insert = self.client.register_script(_INSERT_LUA)
+        if spec.shards == 1:
+            self._insert = self.client.register_script(_INSERT_LUA)
+        else:  # EVAL, routed by the keys' slot: a restarted node needs no SCRIPT LOAD
+            def insert(keys, args):
+                return self.client.eval(_INSERT_LUA, len(keys), *keys, *args)
+            self._insert = insert
         self._interrupt = interrupt or (lambda: False)
         self._builders: dict[str, ChunkBuilder] = {}
         self._pending: collections.deque[Chunk] = collections.deque()  # closed, not yet stored
@@ -84,19 +104,45 @@ class ReplayWriter:
             self._pending.append(chunk)
         self._drain()
 
+    def _shard_for(self, stream: str) -> int:
+        if self.shard is None:
+            self.shard = zlib.crc32(stream.encode()) % self.spec.shards
+        return self.shard
+
+    def _call(self, fn: Callable, *args, **kwargs):
+        """`fn` on a sharded replay retries while its shard is down, for `outage_window` s
+        (one Redis retries inside its client already)."""
+        if self.spec.shards == 1:
+            return fn(*args, **kwargs)
+        deadline, delay = time.monotonic() + self.spec.outage_window, 0.05
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except redis.AuthenticationError:
+                raise
+            except (redis.ConnectionError, redis.TimeoutError,
+                    redis.exceptions.ClusterDownError) as err:
+                if time.monotonic() > deadline:
+                    raise redis.ConnectionError(
+                        f"replay {self.spec.namespace!r} shard {self.shard}: unreachable for "
+                        f"{self.spec.outage_window:g} s ({err}); its chunks are held") from None
+                time.sleep(delay)  # the shard's node is down: wait for it, with a deadline
+                delay = min(delay * 2, 1.0)
+
     def insert_chunk(self, chunk: Chunk, force: bool = False) -> None:
-        self._check_schema(chunk)
+        prefix = self.spec.shard_prefix(self._shard_for(chunk.stream))
+        self._check_schema(chunk, prefix)
         record = encode(chunk.data, self.spec.compression)
         raw_nbytes = sum(v.nbytes for v in chunk.data.values())
-        args = [record, chunk.stream, chunk.index, chunk.length, raw_nbytes, self.spec.capacity,
-                repr(float(self.spec.samples_per_insert)), repr(float(self._max_diff)),
-                self.spec.prefix + "chunk:"]
-        keys = [self.spec.prefix + "meta", self.spec.prefix + "log"]
+        args = [record, chunk.stream, chunk.index, chunk.length, raw_nbytes, self.spec.capacity
+                // self.spec.shards, repr(float(self.spec.samples_per_insert)),
+                repr(float(self._max_diff)), prefix + "chunk:"]
+        keys = [prefix + "meta", prefix + "log"]
         backoff = _Backoff(self.spec.wait_timeout)
         while True:
             if force:
                 args[6] = "0"  # samples per insert 0: the limiter does not apply
-            result = self._insert(keys=keys, args=args)
+            result = self._call(self._insert, keys=keys, args=args)
             if int(result[0]) == 1:
                 break
             force = self._interrupt()
@@ -110,15 +156,28 @@ class ReplayWriter:
         self._m_chunks.inc()
         self._m_bytes.inc(len(record))
 
-    def _check_schema(self, chunk: Chunk) -> None:
+    def _check_schema(self, chunk: Chunk, prefix: str) -> None:
+        """The namespace's schema is stored on every shard the first writer reaches; a writer
+        compares with its own shard's and with every other shard it can reach now."""
         schema = {k: (v.dtype.name, tuple(v.shape[1:])) for k, v in sorted(chunk.data.items())}
         if schema == self._schema_checked:
             return
-        key = self.spec.prefix + "schema"
+        key = prefix + "schema"
         text = json.dumps({k: [d, list(s)] for k, (d, s) in schema.items()}, sort_keys=True)
-        self.client.set(key, text, nx=True)
-        stored = json.loads(self.client.get(key))
-        expected = {k: (d, tuple(s)) for k, (d, s) in stored.items()}
+        self._call(self.client.set, key, text, nx=True)
+        stored = [self._call(self.client.get, key)]
+        for other in self.spec.shard_prefixes:
+            if other != prefix:
+                try:
+                    self.client.set(other + "schema", text, nx=True)
+                    stored.append(self.client.get(other + "schema"))
+                except (redis.ConnectionError, redis.TimeoutError,
+                        redis.exceptions.ClusterDownError):
+                    continue  # that shard is down: its first writer after it returns checks
+        for raw in stored:
+            expected = {k: (d, tuple(s)) for k, (d, s) in json.loads(raw).items()}
+            if expected != schema:
+                break
         if expected != schema:
             self._m_rejected.inc(chunk.length)
             raise ValueError(f"replay {self.spec.namespace!r}, stream {chunk.stream!r}: "
