@@ -4,6 +4,7 @@
 #                              prometheus) and runs the tests
 #   make cluster-up ACTORS=N   a long-lived local cluster; make scale ACTORS=N | cluster-status |
 #                              cluster-down; make monitor (Prometheus on :9090)
+#   make cluster-up SHARDS=3   ... with the replay sharded over a local 3-node Redis Cluster
 #   make bench                 benchmarks, JSON under bench/ (each with a same-run baseline)
 #   make lint/format           ruff
 
@@ -16,6 +17,7 @@ PYTEST_ARGS ?=
 CONFIG ?= quickstart finger_spin_to_cartpole_swingup
 CLUSTER_CONFIG ?= debug
 ACTORS ?= 4
+SHARDS ?=
 RUN ?= runs/cluster
 PORT ?= 9090
 SET ?=
@@ -75,7 +77,8 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format diswm learner actors replay_service pretrain tests
 
 cluster-up: install
-	$(DISWM) cluster up --run-dir $(RUN) --actors $(ACTORS) --config $(CLUSTER_CONFIG) $(if $(SET),--set $(SET))
+	$(DISWM) cluster up --run-dir $(RUN) --actors $(ACTORS) --config $(CLUSTER_CONFIG) $(if $(SET),--set $(SET)) \
+	  $(if $(SHARDS),--set replay.shards=$(SHARDS))
 
 scale:
 	$(DISWM) cluster scale $(ACTORS) --run-dir $(RUN)

@@ -45,7 +45,8 @@ class ActorWorker:
         self.action_dim = int(self.envs[0].act_space.shape[0])
         self.policy = Policy(cfg, self.action_dim, k, mode="explore")
         self.stopping = threading.Event()  # set by the shell: blocked inserts give way
-        self.writer = ReplayWriter(spec, interrupt=self._interrupted)
+        # On a sharded replay actor i writes shard i mod shards: the shards fill evenly.
+        self.writer = ReplayWriter(spec, interrupt=self._interrupted, shard=index % spec.shards)
         self.weights = WeightStore(self.writer.client, spec.namespace)
         self.control = RunControl(self.writer.client, spec.namespace)
         self.rng = np.random.default_rng([cfg.train.seed, index, int(self.incarnation, 16)])

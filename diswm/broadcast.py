@@ -81,10 +81,16 @@ class WeightStore:
         """Store `state` as `version`; returns (bytes, seconds)."""
         start = time.perf_counter()
         record = encode_weights(version, state)
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(self._key, record)
-            pipe.set(self._version_key, int(version))
-            pipe.execute()
+        if isinstance(self.client, redis.RedisCluster):
+            # The two keys sit in different slots of a cluster: no transaction spans them. The
+            # record carries its own version, so the weights go first, then the version.
+            self.client.set(self._key, record)
+            self.client.set(self._version_key, int(version))
+        else:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.set(self._key, record)
+                pipe.set(self._version_key, int(version))
+                pipe.execute()
         return len(record), time.perf_counter() - start
 
     def version(self) -> int:

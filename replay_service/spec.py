@@ -82,10 +82,33 @@ class ReplaySpec:
         return [self.shard_prefix(k) for k in range(self.shards)]
 
 
+class _PatientCluster(RedisCluster):
+    """A cluster client whose commands wait (with backoff) through a node's outage for up to
+    `outage_window` seconds, as `rediskit.connect`'s client does for one Redis: a restarted
+    node refuses connections, then answers CLUSTERDOWN until it has rejoined."""
+
+    outage_window = 120.0
+
+    def execute_command(self, *args, **kwargs):
+        deadline, delay = time.monotonic() + self.outage_window, 0.05
+        while True:
+            try:
+                return super().execute_command(*args, **kwargs)
+            except redis.AuthenticationError:
+                raise
+            except (redis.ConnectionError, redis.TimeoutError,
+                    redis.exceptions.ClusterDownError):
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)  # the node is down or rejoining: wait for it, with a deadline
+                delay = min(delay * 2, 1.0)
+
+
 def connect(spec: ReplaySpec, *, fail_fast: bool = False) -> redis.Redis | RedisCluster:
     """A client that retries through short outages (e.g. a Redis restart). For a sharded replay
-    a Redis Cluster client; its commands to a node that is down raise ConnectionError after one
-    quick retry (`fail_fast`: none), and the writer and sampler decide how long to wait."""
+    a Redis Cluster client that waits through a node's outage the same way, or with
+    `fail_fast` one whose commands to a node that is down fail at once (the sampler's data
+    path, which leaves that shard out)."""
     if spec.shards == 1:
         return rediskit.connect(spec.host, spec.port, spec.password, spec.outage_window)
     nodes = [ClusterNode(spec.host, spec.port)]
@@ -95,10 +118,12 @@ def connect(spec: ReplaySpec, *, fail_fast: bool = False) -> redis.Redis | Redis
     backoff = _Backoff(spec.outage_window)
     while True:
         try:
-            return RedisCluster(startup_nodes=nodes, password=spec.password or None,
-                                socket_timeout=60, socket_connect_timeout=2,
-                                retry=Retry(NoBackoff(), 0 if fail_fast else 1),
-                                dynamic_startup_nodes=False, require_full_coverage=False)
+            client = (RedisCluster if fail_fast else _PatientCluster)(
+                startup_nodes=nodes, password=spec.password or None, socket_timeout=60,
+                socket_connect_timeout=2, retry=Retry(NoBackoff(), 0 if fail_fast else 1),
+                dynamic_startup_nodes=False, require_full_coverage=False)
+            client.outage_window = spec.outage_window
+            return client
         except redis.AuthenticationError:
             raise
         except (redis.ConnectionError, redis.exceptions.RedisClusterException) as err:

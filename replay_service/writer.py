@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import json
-import time
 import zlib
 from collections.abc import Callable, Mapping
 
@@ -110,24 +109,19 @@ class ReplayWriter:
         return self.shard
 
     def _call(self, fn: Callable, *args, **kwargs):
-        """`fn` on a sharded replay retries while its shard is down, for `outage_window` s
-        (one Redis retries inside its client already)."""
+        """`fn` on this writer's shard; its client waits while the shard is down, for
+        `outage_window` seconds, then this says which shard (one Redis: as before)."""
         if self.spec.shards == 1:
             return fn(*args, **kwargs)
-        deadline, delay = time.monotonic() + self.spec.outage_window, 0.05
-        while True:
-            try:
-                return fn(*args, **kwargs)
-            except redis.AuthenticationError:
-                raise
-            except (redis.ConnectionError, redis.TimeoutError,
-                    redis.exceptions.ClusterDownError) as err:
-                if time.monotonic() > deadline:
-                    raise redis.ConnectionError(
-                        f"replay {self.spec.namespace!r} shard {self.shard}: unreachable for "
-                        f"{self.spec.outage_window:g} s ({err}); its chunks are held") from None
-                time.sleep(delay)  # the shard's node is down: wait for it, with a deadline
-                delay = min(delay * 2, 1.0)
+        try:
+            return fn(*args, **kwargs)
+        except redis.AuthenticationError:
+            raise
+        except (redis.ConnectionError, redis.TimeoutError,
+                redis.exceptions.ClusterDownError) as err:
+            raise redis.ConnectionError(
+                f"replay {self.spec.namespace!r} shard {self.shard}: unreachable for "
+                f"{self.spec.outage_window:g} s ({err}); its chunks are held") from None
 
     def insert_chunk(self, chunk: Chunk, force: bool = False) -> None:
         prefix = self.spec.shard_prefix(self._shard_for(chunk.stream))
@@ -166,14 +160,18 @@ class ReplayWriter:
         text = json.dumps({k: [d, list(s)] for k, (d, s) in schema.items()}, sort_keys=True)
         self._call(self.client.set, key, text, nx=True)
         stored = [self._call(self.client.get, key)]
-        for other in self.spec.shard_prefixes:
+        others = [p for p in self.spec.shard_prefixes if p != prefix]
+        probe = connect(self.spec, fail_fast=True) if others else None
+        for other in others:
             if other != prefix:
                 try:
-                    self.client.set(other + "schema", text, nx=True)
-                    stored.append(self.client.get(other + "schema"))
+                    probe.set(other + "schema", text, nx=True)
+                    stored.append(probe.get(other + "schema"))
                 except (redis.ConnectionError, redis.TimeoutError,
                         redis.exceptions.ClusterDownError):
                     continue  # that shard is down: its first writer after it returns checks
+        if probe is not None:
+            probe.close()
         for raw in stored:
             expected = {k: (d, tuple(s)) for k, (d, s) in json.loads(raw).items()}
             if expected != schema:

@@ -18,7 +18,7 @@ import os
 import re
 import subprocess
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ from diswm.runfolder import private_dir
 from diswm.supervision import one_line
 from replay_service.client import ReplaySampler, ReplaySpec, read_meta
 from replay_service.server import RedisServer, read_or_create_password
+from replay_service.shards import LocalRedisCluster
+from replay_service.spec import connect as replay_connect
 
 STATE_FILE = "cluster.json"
 
@@ -72,9 +74,19 @@ class Cluster:
         import ray
 
         redis_server = None
-        if cfg.replay.port:  # an existing Redis (multi-machine): do not start one
+        nodes: tuple[str, ...] = ()
+        if cfg.replay.port:  # an existing Redis or Redis Cluster (multi-machine): start none
             password = redis_password(cfg) or read_or_create_password(run_dir / "redis.password")
             port = cfg.replay.port
+        elif cfg.replay.shards > 1:  # a local Redis Cluster, one master per shard
+            redis_server = LocalRedisCluster(
+                run_dir / "redis", cfg.replay.shards, host=cfg.replay.host,
+                password=redis_password(cfg), persistence=cfg.replay.persistence,
+                fsync=cfg.replay.fsync,
+                maxmemory_bytes=redis_maxmemory(cfg) // cfg.replay.shards + (256 << 20),
+                supervise=True).start()
+            password, port = redis_server.password, redis_server.port
+            nodes = tuple(f"{n.host}:{n.port}" for n in redis_server.nodes[1:])
         else:
             redis_server = RedisServer(run_dir / "redis", host=cfg.replay.host,
                                        password=redis_password(cfg),
@@ -83,7 +95,8 @@ class Cluster:
                                        maxmemory_bytes=redis_maxmemory(cfg),
                                        supervise=True).start()
             password, port = redis_server.password, redis_server.port
-        spec = ReplaySpec.from_config(cfg, port=port, password=password)
+        spec = replace(ReplaySpec.from_config(cfg, port=port, password=password),
+                       cluster_nodes=nodes)
         address, head = cfg.runtime.ray_address, None
         if detached and not address:
             address, head = start_ray_head(run_dir, num_cpus or ray_cpus(cfg))
@@ -116,7 +129,9 @@ class Cluster:
 
         cfg = build_config(state["config"])
         # The password is not in the state file: it comes from where the run took it.
-        spec = ReplaySpec(**{**state["spec"], "password": stored_password(cfg, run_dir)})
+        fields = {**state["spec"], "password": stored_password(cfg, run_dir)}
+        fields["cluster_nodes"] = tuple(fields.get("cluster_nodes", ()))
+        spec = ReplaySpec(**fields)
         if not ray.is_initialized():
             ray.init(address=state["ray_address"], namespace=spec.namespace, log_to_driver=False)
         cluster = cls(cfg, run_dir, spec, detached=True, ray_address=state["ray_address"])
@@ -128,7 +143,7 @@ class Cluster:
         spec = asdict(self.spec)
         spec.pop("password")  # secrets stay in their file or the environment
         state = {"config": self.cfg.to_dict(), "spec": spec, "ray_address": self.ray_address,
-                 "redis_pid": self.redis._proc.pid if self.redis and self.redis._proc else None,
+                 "redis_pid": _redis_pid(self.redis),
                  "ray_head": self.ray_head, "namespace": self.namespace}
         path = self.run_dir / STATE_FILE
         fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -186,9 +201,8 @@ class Cluster:
     def redis_client(self):
         """One client for the cluster's bookkeeping (actor set, targets, counters)."""
         if self._client is None:
-            from diswm.rediskit import connect
-
-            self._client = connect(self.spec.host, self.spec.port, self.spec.password)
+            # One Redis, or the Redis Cluster of a sharded replay.
+            self._client = replay_connect(self.spec)
         return self._client
 
     def actor_names(self) -> list[str]:
@@ -285,9 +299,13 @@ class Cluster:
         out: dict[str, Any] = {"run_dir": str(self.run_dir), "namespace": self.namespace,
                                "replay": None, "learner": None, "actors": []}
         problems: list[str] = []
-        quick = connect(self.spec.host, self.spec.port, self.spec.password, outage_window=1)
         try:
-            quick.ping()
+            if self.spec.shards == 1:
+                quick = connect(self.spec.host, self.spec.port, self.spec.password,
+                                outage_window=1)
+                quick.ping()
+            else:
+                quick = replay_connect(replace(self.spec, outage_window=5))
             redis_up = True
         except redis.RedisError as err:
             redis_up = False
@@ -301,6 +319,10 @@ class Cluster:
                 out["replay"] = sampler.stats()
             finally:
                 sampler.close()
+            for k in out["replay"].get("shards_unreachable", []):
+                problems.append(f"replay shard {k} of {self.spec.shards} is unreachable (its "
+                                "steps are not sampled until it is back; see "
+                                f"{self.run_dir / 'redis' / f'node{k}'})")
             errors = RunControl(quick, self.namespace).errors()
             out["errors"] = errors
             problems += [f"{role}: {message}" for role, message in sorted(errors.items())]
@@ -504,14 +526,25 @@ def _cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
+def _redis_pid(server) -> int | None:
+    """The process id of the local Redis (a cluster's first node) `cluster down` stops."""
+    if server is None:
+        return None
+    first = server.nodes[0] if isinstance(server, LocalRedisCluster) else server
+    return first._proc.pid if first._proc else None
+
+
 def _shutdown_redis(spec: ReplaySpec) -> None:
     import redis
 
-    client = redis.Redis(host=spec.host, port=spec.port, password=spec.password)
-    try:
-        client.shutdown()
-    except redis.ConnectionError:
-        pass
+    addresses = [f"{spec.host}:{spec.port}", *spec.cluster_nodes]  # every node of a cluster
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        client = redis.Redis(host=host, port=int(port), password=spec.password)
+        try:
+            client.shutdown()
+        except redis.ConnectionError:
+            pass
 
 
 def _cause(err: BaseException) -> str:

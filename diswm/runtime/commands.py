@@ -63,7 +63,9 @@ def cmd_cluster_up(args: argparse.Namespace, cfg) -> int:
             (run_dir / STATE_FILE).unlink(missing_ok=True)
         raise
     _err(f"cluster up in {run_dir.resolve()}: learner + {len(names)} actors on Ray "
-         f"{cluster.ray_address}, replay redis 127.0.0.1:{cluster.spec.port}")
+         f"{cluster.ray_address}, replay redis 127.0.0.1:{cluster.spec.port}"
+         + (f" (a Redis Cluster of {cluster.spec.shards} shards)" if cluster.spec.shards > 1
+            else ""))
     _err("status: make cluster-status | scale: make scale ACTORS=N | stop: make cluster-down | "
          f"Prometheus: make monitor RUN={run_dir}")
     return 0
@@ -137,8 +139,15 @@ def cmd_replay_check(args: argparse.Namespace, cfg) -> int:
                           password=stored_password(cfg, run))
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{state_path} is not a cluster state file ({err})"[:300]) from None
-    client = connect(spec.host, spec.port, spec.password, outage_window=1)
     try:
+        if spec.shards == 1:
+            client = connect(spec.host, spec.port, spec.password, outage_window=1)
+        else:
+            from dataclasses import replace
+
+            from replay_service.spec import connect as replay_connect
+
+            client = replay_connect(replace(spec, outage_window=1), fail_fast=True)
         report = check_replay(client, spec)
     except redis.ConnectionError:
         raise ValueError(f"redis at {spec.host}:{spec.port} is unreachable: is the cluster "
