@@ -141,6 +141,8 @@ class BehaviourConfig:
     actor_grad: str = field(default="dynamics", metadata=_choices("dynamics", "reinforce"))
     actor_entropy: float = field(default=1e-4, metadata=_range(ge=0.0))
     slow_critic_update: int = field(default=100, metadata=_range(ge=1))
+    # World-model-only updates before the actor and critic learn (0 = DreamerV2: from the first).
+    warmup_updates: int = field(default=0, metadata=_range(ge=0))
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,12 @@ class ReplayConfig:
     # > 1: the replay is sharded over a Redis Cluster with this many masters (one shard each;
     # replay_service/shards.py): started locally, or the one at replay.host:replay.port.
     shards: int = field(default=1, metadata=_range(ge=1, le=1024))
+    # Images are compressed in blocks of this many steps inside a chunk, so a sampled sequence
+    # decodes only the blocks it covers (0: whole-chunk records, as before).
+    block_steps: int = field(default=8, metadata=_range(ge=0, le=4096))
+    # Threads that decompress and copy a sampled batch (lz4 and numpy release the GIL); 0: up
+    # to 4, by the machine's CPUs.
+    sample_threads: int = field(default=0, metadata=_range(ge=0, le=64))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """The learner side of the replay: `ReplaySampler` asks the sample script for a grant, keeps an
-index of stored chunks from the commit log and a cache of decoded chunks, and assembles batches;
-records that fail their checks are skipped, counted and logged.
+index of stored chunks (and their block layouts) from the commit log, fetches exactly the blocks
+a batch needs in one round trip per shard, and decodes them into a preallocated batch in a
+thread pool (replay_service/batch.py, with its cache of decoded blocks); records that fail their
+checks are skipped, counted and logged.
 
 On a sharded replay (``spec.shards > 1``) each shard has its own index, grant and limiter; a
 batch's sequences are split over the shards in proportion to their sizes (a multinomial draw:
@@ -12,8 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -21,9 +23,11 @@ import numpy as np
 import redis
 
 from diswm import metrics
-from diswm.records import CorruptRecord, decode
+from diswm.records import CorruptRecord
+from replay_service.batch import WHOLE, BatchBuilder, legacy_layout
+from replay_service.blocks import Layout, parse_header
 from replay_service.chunks import Schema, describe_schema_change
-from replay_service.index import SELECTORS, ChunkInfo, SequenceIndex, assemble
+from replay_service.index import SELECTORS, ChunkInfo, SequenceIndex
 from replay_service.scripts import _SAMPLE_LUA
 from replay_service.spec import META_FIELDS, ReplaySpec, ReplayTimeout, _Backoff, connect, read_meta
 
@@ -45,6 +49,10 @@ class _Shard:
         self.index = SequenceIndex(selector)
         self.last_log_id = b"0-0"
         self.size = 0  # size_steps at the last sync
+        self.synced_gseq = 0  # the last chunk the index holds from the log
+        self.counters: dict[str, int] | None = None  # from the last grant, until a sync uses them
+        self.layouts: dict[int, Layout | str | None] = {}  # None: a whole-chunk record;
+        self.nbytes: dict[int, int] = {}                     # str: why its header is bad
         self.down_since: float | None = None
         self.probed = 0.0
 
@@ -67,9 +75,9 @@ class ReplaySampler:
         self._rng = np.random.default_rng(seed)
         self._shards = [_Shard(k, p, SELECTORS[spec.selector]())
                         for k, p in enumerate(spec.shard_prefixes)]
-        self._cache: OrderedDict[tuple[int, int], dict[str, np.ndarray]] = OrderedDict()
-        self._cache_size = cache_chunks
+        self._builder = BatchBuilder(cache_chunks, spec.sample_threads)
         self._schema: Schema | None = None
+        self._spare_batches: list[dict[str, np.ndarray]] = []
         self._min_diff, _ = spec.limits
         self.corrupt = 0
         ns = spec.namespace
@@ -92,23 +100,69 @@ class ReplaySampler:
                ) -> dict[str, np.ndarray]:
         """Wait for the limiter, then return a batch of `batch_size` sequences of `length`."""
         backoff = _Backoff(self.spec.wait_timeout if timeout is None else timeout)
-        sequences: list[list[tuple]] = []
-        waited = 0.0
+        clock = {"waited": 0.0}
         start = time.perf_counter()
-        while len(sequences) < batch_size:
+        rows = self._rows(batch_size, length, backoff, clock)
+        out = None
+        for _ in range(100):
+            if out is None:
+                out = self._batch_buffers(batch_size, length, self._namespace_schema(rows))
+            redo = self._fill(out, rows)
+            if not redo:
+                break
+            # Rows whose chunks vanished or failed their checks are drawn again from their
+            # shard (its grant holds); rows of a shard that went down, from the others.
+            lost = [b for b, shard in redo if shard.down_since is not None]
+            for b, shard in redo:
+                if shard.down_since is None:
+                    rows[b] = (shard, self._draw(shard, 1, length)[0])
+            if lost:
+                fresh = self._rows(len(lost), length, backoff, clock)
+                for b, row in zip(lost, fresh, strict=True):
+                    rows[b] = row
+        else:
+            raise RuntimeError(f"replay {self.spec.namespace!r}: could not assemble a batch; "
+                               "too many chunks vanished or failed to decode")
+        self._m_wait.observe(clock["waited"])
+        self._m_duration.observe(time.perf_counter() - start - clock["waited"])
+        self._m_sampled.inc(batch_size)
+        return out
+
+    def _batch_buffers(self, batch_size: int, length: int, schema: Schema
+                       ) -> dict[str, np.ndarray]:
+        """Arrays for a batch: a batch's arrays that nobody holds any more (not the caller, no
+        view, no tensor made from them) are filled again, so their pages are not faulted in
+        and zeroed anew for every batch; otherwise new ones (up to 4 batches are kept)."""
+        shapes = {k: ((batch_size, length, *shape), np.dtype(dtype))
+                  for k, (dtype, shape) in schema.items()}
+        for arrays in self._spare_batches:
+            # Two references: the pool's dict and getrefcount's argument.
+            if all(sys.getrefcount(arrays[k]) == 2 for k in arrays) and {
+                    k: (a.shape, a.dtype) for k, a in arrays.items()} == shapes:
+                return dict(arrays)
+        arrays = {k: np.empty(shape, dtype) for k, (shape, dtype) in shapes.items()}
+        self._spare_batches.append(arrays)
+        del self._spare_batches[:-4]
+        return dict(arrays)
+
+    def _rows(self, n: int, length: int, backoff: _Backoff, clock: dict
+              ) -> list[tuple[_Shard, list]]:
+        """`n` granted sequences, as (shard, segments)."""
+        rows: list[tuple[_Shard, list]] = []
+        while len(rows) < n:
             wait_start = time.perf_counter()
-            grants = self._acquire(batch_size - len(sequences), length, backoff)
-            waited += time.perf_counter() - wait_start
-            for shard, n in grants.items():
+            grants = self._acquire(n - len(rows), length, backoff)
+            clock["waited"] += time.perf_counter() - wait_start
+            for shard, m in grants.items():
                 try:
-                    sequences += self._sequences(shard, n, length)
+                    self._sync(shard)
                 except _ShardDown:
                     continue  # its grant is lost with it; the others make up the batch
-        self._m_wait.observe(waited)
-        batch = self._assemble(sequences, length)
-        self._m_duration.observe(time.perf_counter() - start - waited)
-        self._m_sampled.inc(batch_size)
-        return batch
+                rows += [(shard, seq) for seq in self._draw(shard, m, length)]
+        return rows
+
+    def _draw(self, shard: _Shard, n: int, length: int) -> list[list[tuple[int, int, int]]]:
+        return shard.index.sample(self._rng, n, length)
 
     @contextmanager
     def prefetch(self, batch_size: int, length: int, depth: int = 2
@@ -160,6 +214,7 @@ class ReplaySampler:
             self.client.save(target_nodes="primaries")
 
     def close(self) -> None:
+        self._builder.close()
         self.client.close()
         if self._data is not self.client:
             self._data.close()
@@ -250,8 +305,10 @@ class ReplaySampler:
 
     def _grant_call(self, shard: _Shard, n: int, need: int) -> tuple[int, int]:
         args = [n, repr(float(self.spec.samples_per_insert)), repr(float(self._min_diff)), need]
-        granted, reason = (int(x) for x in self._grant(keys=[shard.prefix + "meta"], args=args))
-        return granted, reason
+        reply = [int(x) for x in self._grant(keys=[shard.prefix + "meta"], args=args)]
+        shard.counters = dict(zip(("gseq", "evicted", "size_steps", "size_bytes", "raw_bytes"),
+                                  reply[2:], strict=True))
+        return reply[0], reply[1]
 
     def _grant_one(self, shard: _Shard, n: int, length: int, backoff: _Backoff) -> int:
         need = max(self.spec.min_size, length)
@@ -272,6 +329,12 @@ class ReplaySampler:
         self._on(shard, self._sync_call, shard)
 
     def _sync_call(self, shard: _Shard) -> None:
+        """Read the log past what the index holds and apply evictions. Right after a grant its
+        counters say whether anything changed (then no round trip at all)."""
+        meta, shard.counters = shard.counters, None
+        if meta is not None and meta["gseq"] <= shard.synced_gseq:
+            self._apply(shard, meta)
+            return
         logkey = shard.prefix + "log"
         while True:
             entries = self._data.xrange(logkey, min=b"(" + shard.last_log_id, count=5000)
@@ -279,12 +342,23 @@ class ReplaySampler:
                 gseq = int(entry_id.split(b"-")[0])
                 shard.index.add(ChunkInfo(gseq, fields[b"s"].decode(), int(fields[b"i"]),
                                           int(fields[b"n"])))
+                shard.nbytes[gseq] = int(fields[b"b"])
+                header = fields.get(b"h")
+                if header is not None:
+                    try:
+                        shard.layouts[gseq] = parse_header(header, shard.nbytes[gseq])
+                    except CorruptRecord as err:
+                        shard.layouts[gseq] = str(err)
                 shard.last_log_id = entry_id
+                shard.synced_gseq = gseq
             if len(entries) < 5000:
                 break
-        meta = read_meta(self._data, self.spec, shard.k)
+        self._apply(shard, meta or read_meta(self._data, self.spec, shard.k))
+
+    def _apply(self, shard: _Shard, meta: Mapping[str, int]) -> None:
         for info in shard.index.evict_upto(meta["evicted"]):
-            self._cache.pop((shard.k, info.gseq), None)
+            shard.layouts.pop(info.gseq, None)
+            shard.nbytes.pop(info.gseq, None)
         shard.size = meta["size_steps"]
         if self.spec.shards == 1:
             self._publish_size(meta)
@@ -297,65 +371,137 @@ class ReplaySampler:
         if meta["size_bytes"]:
             self._m_ratio.set(meta["raw_bytes"] / meta["size_bytes"])
 
-    def _sequences(self, shard: _Shard, n: int, length: int) -> list[list[tuple]]:
-        """`n` sequences from `shard`, their chunks loaded into the cache; segments are
-        ((shard, gseq), offset, count)."""
-        self._sync(shard)
-        for _ in range(100):
-            sequences = shard.index.sample(self._rng, n, length)
-            used = {(shard.k, g) for seq in sequences for g, _, _ in seq}
-            for key in used & self._cache.keys():
-                self._cache.move_to_end(key)  # keep this batch's chunks through the trim below
-            missing = sorted(used - self._cache.keys())
-            if not missing or not self._on(shard, self._load, shard, missing):
-                return [[((shard.k, g), o, c) for g, o, c in seq] for seq in sequences]
-        raise RuntimeError(f"replay {self.spec.namespace!r}: could not assemble a batch; "
-                           "too many chunks vanished or failed to decode")
-
-    def _assemble(self, sequences: list[list[tuple]], length: int) -> dict[str, np.ndarray]:
-        used = {key for seq in sequences for key, _, _ in seq}
-        batch = assemble(sequences, {key: self._cache[key] for key in used}, length, self._schema)
-        while len(self._cache) > self._cache_size:  # this batch's chunks were used already
-            self._cache.popitem(last=False)
-        return batch
-
-    def _load(self, shard: _Shard, keys: list[tuple[int, int]]) -> bool:
-        """Fetch and decode chunks into the cache (one MGET: one shard, one slot); drops bad
-        ones from the index."""
-        gseqs = [g for _, g in keys]
-        records = self._data.mget([f"{shard.prefix}chunk:{g}" for g in gseqs])
-        bad = False
-        for gseq, record in zip(gseqs, records, strict=True):
-            if record is None:  # evicted since the index was synced
-                shard.index.remove(gseq)
-                bad = True
-                continue
-            try:
-                data = decode(record)
-                self._check_chunk(shard, gseq, data)
-            except CorruptRecord as err:
-                self.corrupt += 1
-                self._m_corrupt.inc()
-                where = f" (shard {shard.k})" if self.spec.shards > 1 else ""
-                log.warning("replay %r: skipping corrupt chunk %d%s: %s", self.spec.namespace,
-                            gseq, where, err)
-                shard.index.remove(gseq)
-                bad = True
-                continue
-            self._cache[(shard.k, gseq)] = data
-        return bad
-
-    def _check_chunk(self, shard: _Shard, gseq: int, data: Mapping[str, np.ndarray]) -> None:
-        schema = {k: (v.dtype.name, tuple(v.shape[1:])) for k, v in sorted(data.items())}
+    def _namespace_schema(self, rows) -> Schema:
         if self._schema is None:
-            raw = self._data.get(shard.prefix + "schema")
-            if raw is None:
-                raise CorruptRecord("the namespace has no schema record")
-            self._schema = {k: (d, tuple(s)) for k, (d, s) in json.loads(raw).items()}
-        if schema != self._schema:
-            raise CorruptRecord("schema mismatch: " + describe_schema_change(self._schema, schema))
-        lengths = {v.shape[0] if v.ndim else -1 for v in data.values()}
+            for shard in dict.fromkeys(shard for shard, _ in rows):
+                try:
+                    raw = self._on(shard, self._data.get, shard.prefix + "schema")
+                except _ShardDown:
+                    continue
+                if raw is not None:
+                    self._schema = {k: (d, tuple(s)) for k, (d, s) in json.loads(raw).items()}
+                    break
+            else:
+                raise RuntimeError(f"replay {self.spec.namespace!r} has no schema record; "
+                                   "its chunks cannot be checked")
+        return self._schema
+
+    def _layout(self, shard: _Shard, gseq: int) -> Layout:
+        """The chunk's layout (checked against the namespace's schema and the log); raises
+        CorruptRecord."""
+        layout = shard.layouts.get(gseq)
         info = shard.index.info(gseq)
-        expected = info.length if info else -1
-        if lengths != {expected}:
-            raise CorruptRecord(f"field lengths {sorted(lengths)} != logged length {expected}")
+        if isinstance(layout, str):
+            raise CorruptRecord(layout)
+        if layout is None:
+            return legacy_layout(self._schema, info.length, shard.nbytes.get(gseq, 0))
+        if layout.schema() != self._schema:
+            raise CorruptRecord("schema mismatch: "
+                                + describe_schema_change(self._schema, layout.schema()))
+        if info is None or layout.length != info.length:
+            raise CorruptRecord(f"header length {layout.length} != logged length "
+                                f"{info.length if info else -1}")
+        return layout
+
+    def _fill(self, out: dict[str, np.ndarray], rows: list[tuple[_Shard, list]]
+              ) -> list[tuple[int, _Shard]]:
+        """Fetch what the rows need and fill `out`; returns the rows to draw again."""
+        layouts: dict[tuple[int, int], Layout] = {}
+        failed: set[tuple[int, int]] = set()
+        for shard, segments in rows:
+            for g, _, _ in segments:
+                if (shard.k, g) not in layouts and (shard.k, g) not in failed:
+                    try:
+                        layouts[(shard.k, g)] = self._layout(shard, g)
+                    except CorruptRecord as err:
+                        self._corrupt(shard, g, str(err))
+                        failed.add((shard.k, g))
+        plain = [(shard.k, segs) for shard, segs in rows]
+        if not failed:
+            wanted = self._builder.wanted(plain, layouts)
+            payloads: dict[tuple[int, int], dict] = {}
+            for shard in dict.fromkeys(shard for shard, _ in rows):
+                mine = {key: secs for key, secs in wanted.items() if key[0] == shard.k}
+                if not mine:
+                    continue
+                try:
+                    got = self._on(shard, self._fetch, shard, mine, layouts)
+                except _ShardDown:
+                    return [(b, s) for b, (s, _) in enumerate(rows) if s is shard]
+                for key, value in got.items():
+                    if isinstance(value, str):
+                        if value == "evicted":
+                            shard.index.remove(key[1])
+                        else:
+                            self._corrupt(shard, key[1], value)
+                        failed.add(key)
+                    else:
+                        payloads[key] = value
+            if not failed:
+                bad = self._builder.build(out, plain, layouts, payloads, self._schema)
+                for (k, g), why in bad.items():
+                    self._corrupt(self._shards[k], g, why)
+                failed |= set(bad)
+        return [(b, shard) for b, (shard, segs) in enumerate(rows)
+                if any((shard.k, g) in failed for g, _, _ in segs)]
+
+    def _fetch(self, shard: _Shard, wanted: dict[tuple[int, int], list[int]],
+               layouts: Mapping[tuple[int, int], Layout]) -> dict[tuple[int, int], object]:
+        """The wanted sections of one shard's chunks in one round trip (a pipeline of STRLEN
+        and GETRANGE; one shard's keys share a slot): {key: {section: bytes}}, or "evicted",
+        or why the record is bad. (A Lua script returning the ranges costs Redis ~10x more:
+        it copies every byte into Lua strings and out again.)"""
+        where = []
+        with self._data.pipeline(transaction=False) as pipe:
+            for key, sections in wanted.items():
+                layout, name = layouts[key], f"{shard.prefix}chunk:{key[1]}"
+                pipe.strlen(name)
+                runs = _runs(sections) if sections != [WHOLE] else [(WHOLE, WHOLE)]
+                for first, last in runs:
+                    if first == WHOLE:
+                        lo, hi = 0, -1
+                    else:
+                        lo = layout.sections[first][0]
+                        hi = layout.sections[last][0] + layout.sections[last][1] - 1
+                    pipe.getrange(name, lo, hi)
+                where.append((key, runs))
+            reply = iter(pipe.execute())
+        out: dict[tuple[int, int], object] = {}
+        for key, runs in where:
+            layout, strlen = layouts[key], int(next(reply))
+            datas = [next(reply) for _ in runs]
+            if strlen == 0:
+                out[key] = "evicted"
+            elif strlen != layout.nbytes:
+                out[key] = (f"record holds {strlen} bytes, the log says {layout.nbytes} "
+                            "(truncated or altered)")
+            elif runs[0][0] == WHOLE:
+                out[key] = {WHOLE: datas[0]}
+            else:
+                sections = out[key] = {}
+                for (first, last), data in zip(runs, datas, strict=True):
+                    view, lo = memoryview(data), layout.sections[first][0]
+                    for j in range(first, last + 1):
+                        offset, clen, _ = layout.sections[j]
+                        sections[j] = view[offset - lo:offset - lo + clen]
+        return out
+
+    def _corrupt(self, shard: _Shard, gseq: int, why: str) -> None:
+        self.corrupt += 1
+        self._m_corrupt.inc()
+        where = f" (shard {shard.k})" if self.spec.shards > 1 else ""
+        log.warning("replay %r: skipping corrupt chunk %d%s: %s", self.spec.namespace, gseq,
+                    where, why)
+        shard.index.remove(gseq)
+        shard.layouts.pop(gseq, None)
+
+
+def _runs(sections: list[int]) -> list[tuple[int, int]]:
+    """Sorted section numbers -> runs of consecutive ones, (first, last)."""
+    runs: list[tuple[int, int]] = []
+    for i in sections:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs

@@ -1,6 +1,6 @@
 """The two Lua scripts that are the replay service's logic, run atomically inside Redis: insert a
-chunk (validate, rate limiter, store, commit log, counters, FIFO eviction) and grant a sample
-(minimum size, rate limiter). Keys: see replay_service/client.py."""
+chunk (validate, rate limiter, store, commit log with the record's block header, counters, FIFO
+eviction) and grant a sample (minimum size, rate limiter). Keys: see replay_service/client.py."""
 
 _INSERT_LUA = """
 local meta, logkey = KEYS[1], KEYS[2]
@@ -32,8 +32,13 @@ end
 local g = redis.call('HINCRBY', meta, 'gseq', 1)
 local nbytes = string.len(ARGV[1])
 redis.call('SET', ARGV[9] .. g, ARGV[1])
-redis.call('XADD', logkey, g .. '-0', 's', ARGV[2], 'i', ARGV[3], 'n', length, 'b', nbytes,
-           'r', ARGV[5])
+if ARGV[10] and ARGV[10] ~= '' then  -- a block record's header: samplers read only what they use
+  redis.call('XADD', logkey, g .. '-0', 's', ARGV[2], 'i', ARGV[3], 'n', length, 'b', nbytes,
+             'r', ARGV[5], 'h', ARGV[10])
+else
+  redis.call('XADD', logkey, g .. '-0', 's', ARGV[2], 'i', ARGV[3], 'n', length, 'b', nbytes,
+             'r', ARGV[5])
+end
 redis.call('HINCRBY', meta, 'inserts', length)
 redis.call('HINCRBY', meta, 'size_bytes', nbytes)
 redis.call('HINCRBY', meta, 'raw_bytes', tonumber(ARGV[5]))
@@ -57,13 +62,21 @@ end
 return {1, g, size}
 """
 
+# Returns {granted, reason, gseq, evicted, size_steps, size_bytes, raw_bytes}: the counters tell
+# the sampler whether its index is current (no extra round trip when nothing was inserted).
 _SAMPLE_LUA = """
 local meta = KEYS[1]
-local m = redis.call('HMGET', meta, 'inserts', 'samples', 'size_steps')
+local m = redis.call('HMGET', meta, 'inserts', 'samples', 'size_steps', 'gseq', 'evicted',
+                     'size_bytes', 'raw_bytes')
 local ins, smp, size = tonumber(m[1] or '0'), tonumber(m[2] or '0'), tonumber(m[3] or '0')
 local n, spi = tonumber(ARGV[1]), tonumber(ARGV[2])
-if size < tonumber(ARGV[4]) then return {0, 1} end
-if spi > 0 and ins * spi - (smp + n) < tonumber(ARGV[3]) then return {0, 2} end
+local c = {tonumber(m[4] or '0'), tonumber(m[5] or '0'), size, tonumber(m[6] or '0'),
+           tonumber(m[7] or '0')}
+if size < tonumber(ARGV[4]) then return {0, 1, c[1], c[2], c[3], c[4], c[5]} end
+if spi > 0 and ins * spi - (smp + n) < tonumber(ARGV[3]) then
+  return {0, 2, c[1], c[2], c[3], c[4], c[5]}
+end
 redis.call('HINCRBY', meta, 'samples', n)
-return {1, 0}
+return {1, 0, c[1], c[2], c[3], c[4], c[5]}
 """
+

@@ -41,6 +41,8 @@ class ReplaySpec:
     # `cluster_nodes`, "host:port" strings, should that one be down); see replay_service/shards.py
     shards: int = 1
     cluster_nodes: tuple[str, ...] = ()
+    block_steps: int = 8  # steps per compressed image block (0: whole-chunk records)
+    sample_threads: int = 0  # threads that decode a batch (0: up to 4, by CPUs)
 
     @classmethod
     def from_config(cls, cfg, *, host: str | None = None, port: int, password: str) -> ReplaySpec:
@@ -51,7 +53,8 @@ class ReplaySpec:
                    min_size=max(cfg.train.prefill, cfg.train.batch_length, 1),
                    tolerance=float(r.tolerance), wait_timeout=r.wait_timeout,
                    selector=r.selector, outage_window=r.outage_window,
-                   shards=r.shards)
+                   shards=r.shards, block_steps=r.block_steps,
+                   sample_threads=r.sample_threads)
 
     @property
     def prefix(self) -> str:

@@ -17,6 +17,7 @@ import redis
 
 from diswm import metrics
 from diswm.records import encode
+from replay_service.blocks import encode_chunk
 from replay_service.chunks import Chunk, ChunkBuilder, Schema, describe_schema_change
 from replay_service.scripts import _INSERT_LUA
 from replay_service.spec import ReplaySpec, _Backoff, connect
@@ -126,11 +127,15 @@ class ReplayWriter:
     def insert_chunk(self, chunk: Chunk, force: bool = False) -> None:
         prefix = self.spec.shard_prefix(self._shard_for(chunk.stream))
         self._check_schema(chunk, prefix)
-        record = encode(chunk.data, self.spec.compression)
+        if self.spec.block_steps:  # block record: samplers decode only the steps they use
+            record, header = encode_chunk(chunk.data, self.spec.compression,
+                                          self.spec.block_steps)
+        else:
+            record, header = encode(chunk.data, self.spec.compression), b""
         raw_nbytes = sum(v.nbytes for v in chunk.data.values())
         args = [record, chunk.stream, chunk.index, chunk.length, raw_nbytes, self.spec.capacity
                 // self.spec.shards, repr(float(self.spec.samples_per_insert)),
-                repr(float(self._max_diff)), prefix + "chunk:"]
+                repr(float(self._max_diff)), prefix + "chunk:", header]
         keys = [prefix + "meta", prefix + "log"]
         backoff = _Backoff(self.spec.wait_timeout)
         while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import threading
 import time
@@ -504,3 +505,135 @@ def test_replay_check_finds_every_kind_of_inconsistency(server):
     assert any(p.startswith("size_steps is") for p in problems), problems
     assert any("samples holds" in p for p in problems), problems
     assert len(problems) == 4, problems
+
+
+# -- block records and the sample path (issue 14) --------------------------------------------------
+
+
+def test_block_record_round_trip_and_layout():
+    from replay_service.blocks import decode_chunk, encode_chunk, parse_header, split_record
+
+    builder = ChunkBuilder("s", chunk_length=21)
+    chunk = [c for step in episodes(0, [21], 0, size=32) for c in builder.add(step)][0]
+    for block in (1, 4, 8, 21, 64):
+        record, header = encode_chunk(chunk.data, "lz4", block)
+        out = decode_chunk(record)
+        assert list(out) == list(chunk.data)
+        for key, value in chunk.data.items():
+            assert out[key].dtype == value.dtype and out[key].shape == value.shape
+            np.testing.assert_array_equal(out[key], value, err_msg=key)
+        head, layout = split_record(record)
+        assert head == header and parse_header(header, len(record)) == layout
+        assert layout.blocked == ("image",)  # 32x32x3 bytes a step; the rest is small
+        assert len(layout.sections) == 1 + -(-21 // block)
+
+
+def test_block_record_checks():
+    from replay_service.blocks import decode_chunk, encode_chunk, parse_header
+
+    builder = ChunkBuilder("s", chunk_length=16)
+    chunk = [c for step in episodes(0, [16], 0, size=32) for c in builder.add(step)][0]
+    record, header = encode_chunk(chunk.data, "lz4", 4)
+    with pytest.raises(CorruptRecord, match="describes .* bytes, the record has"):
+        parse_header(header, len(record) - 1)
+    altered = bytearray(record)
+    altered[-100] ^= 0xFF  # inside the last image block
+    with pytest.raises(CorruptRecord, match="checksum"):
+        decode_chunk(bytes(altered))
+    with pytest.raises(CorruptRecord):
+        decode_chunk(record[:-5])
+    with pytest.raises(CorruptRecord, match="unreadable block header"):
+        parse_header(b"{not json", len(record))
+
+
+@pytest.mark.parametrize("block_steps,cache,threads", [(8, 0, 1), (8, 0, 3), (8, 256, 2),
+                                                       (1, 0, 2), (64, 0, 1), (0, 0, 2)])
+def test_sample_path_returns_exact_steps(server, block_steps, cache, threads):
+    """Every sampled step equals its reference, whatever the block size (0: whole-chunk
+    records), cache and decode threads; twice over the same sampler (cache filled)."""
+    spec = spec_for(server, chunk_length=16, block_steps=block_steps, sample_threads=threads)
+    writer, sampler = ReplayWriter(spec), ReplaySampler(spec, seed=4, cache_chunks=cache)
+    for stream in range(3):
+        for step in episodes(stream, [37, 9, 50], stream * 1000, size=32):
+            writer.add(f"a{stream}", step)
+    for _ in range(4):
+        batch = sampler.sample(12, 20)
+        assert all(v.flags.c_contiguous and v.shape[:2] == (12, 20) for v in batch.values())
+        check_batch(batch, size=32)
+    assert sampler.stats()["samples"] == 48
+
+
+def test_old_whole_chunk_records_and_block_records_mix(server):
+    """A replay written before block records (block_steps=0) stays readable beside new ones."""
+    old = spec_for(server, chunk_length=8, block_steps=0)
+    new = dataclasses.replace(old, block_steps=4)
+    w_old, w_new = ReplayWriter(old), ReplayWriter(new)
+    for step in episodes(0, [40], 0):
+        w_old.add("old", step)
+    for step in episodes(1, [40], 1000):
+        w_new.add("new", step)
+    log = server.client().xrange(old.prefix + "log")
+    assert sum(b"h" in fields for _, fields in log) == 5  # the new writer's 5 chunks
+    sampler = ReplaySampler(new, cache_chunks=0)
+    streams = set()
+    for _ in range(10):
+        batch = sampler.sample(6, 6)
+        check_batch(batch)
+        streams |= set(batch["state"][:, 0, 1].astype(int))
+    assert streams == {0, 1}
+
+
+def test_a_sequence_reads_only_its_blocks(server):
+    """Sampling 8 steps of a 64-step chunk fetches about 8/64 of its record, not all of it."""
+    spec = spec_for(server, chunk_length=64, block_steps=8, capacity=64)
+    writer = ReplayWriter(spec)
+    for step in episodes(0, [64], 0, size=64):
+        writer.add("a", step)
+    record_bytes = read_meta(server.client(), spec)["size_bytes"]
+    sampler = ReplaySampler(spec, cache_chunks=0)
+    sampler.sample(1, 4)  # warm: index, schema, connections
+    client = server.client()
+    before = int(client.info("stats")["total_net_output_bytes"])
+    sampler.sample(1, 8)
+    sent = int(client.info("stats")["total_net_output_bytes"]) - before
+    assert sent < record_bytes * 3 / 8  # at most 2 image blocks of 8 + the small fields
+
+
+def test_an_altered_block_is_skipped_and_counted(server, caplog):
+    """A record altered in place (same length) fails its block's checksum when read."""
+    spec = spec_for(server, chunk_length=8, block_steps=4)
+    writer, sampler = ReplayWriter(spec), ReplaySampler(spec, cache_chunks=0)
+    for step in episodes(0, [64], 0, size=32):
+        writer.add("a", step)
+    client = server.client()
+    key = spec.prefix + "chunk:3"  # steps 16..23
+    record = bytearray(client.get(key))
+    record[-50] ^= 0xFF  # the chunk's second image block
+    client.set(key, bytes(record))
+    seen = set()
+    for _ in range(30):
+        batch = sampler.sample(4, 3)
+        check_batch(batch, size=32)
+        seen |= set(batch["state"][..., 0].astype(int).ravel())
+    assert not seen & set(range(20, 24))
+    assert sampler.corrupt == 1 and "skipping corrupt chunk 3" in caplog.text
+
+
+def test_a_held_batch_is_never_refilled(server):
+    """Batch arrays are reused only when nobody holds them: a batch, one of its arrays, or a
+    view of it kept by the caller stays as it was while later batches are sampled."""
+    spec = spec_for(server, chunk_length=8)
+    writer, sampler = ReplayWriter(spec), ReplaySampler(spec, seed=1, cache_chunks=0)
+    for step in episodes(0, [120], 0):
+        writer.add("a", step)
+    kept = sampler.sample(8, 6)
+    image = sampler.sample(8, 6)["image"]
+    view = sampler.sample(8, 6)["state"][2:5]
+    copies = ({k: v.copy() for k, v in kept.items()}, image.copy(), view.copy())
+    for _ in range(12):
+        sampler.sample(8, 6)  # dropped at once: their arrays are reused
+    for key, value in copies[0].items():
+        np.testing.assert_array_equal(kept[key], value)
+    np.testing.assert_array_equal(image, copies[1])
+    np.testing.assert_array_equal(view, copies[2])
+    check_batch(kept)

@@ -2,10 +2,15 @@
 
 Both hold the same steps (real distracted cheetah frames with all the fields an actor writes) and
 are driven round-robin in one run. Keys: ``insert_ratio_vs_inprocess`` (Redis steps/s over
-in-process steps/s) and ``sample_ratio_vs_inprocess`` (B x T batches/s, likewise), for the
-configured compression and, for comparison, the other codecs. The rate limiter is off and the
-sampler's chunk cache is disabled: this measures the service's worst-case throughput, not the
-train ratio.
+in-process steps/s) and ``sample_ratio_vs_inprocess`` (B x T batches/s, likewise) with the
+sampler's cache off (every batch fetches and decodes what it uses: the service's worst case, and
+what uniform sampling from a large replay sees), ``sample_ratio_vs_inprocess_cached`` at the
+cache a learner uses (256 chunks; this benchmark's replay fits in it), for the configured
+compression and block size; for comparison, the other codecs and whole-chunk records
+(``replay.block_steps=0``, the sample path before block records) in the same run. The rate
+limiter is off: this measures throughput, not the train ratio.
+
+``--shards 1 2 3`` runs replay_service's sharding benchmark instead (diswm/bench/shards.py).
 """
 
 from __future__ import annotations
@@ -79,12 +84,19 @@ def bench_replay(cfg: Config, *, steps: int = 6000, batches: int = 6, rounds: in
         try:
             inproc = SequenceBuffer(cfg.replay.capacity, seed=0,
                                     chunk_length=cfg.replay.chunk_length)
-            specs = {c: ReplaySpec(port=server.port, password=server.password,
-                                   namespace=f"bench-{c}-{uuid.uuid4().hex[:6]}",
-                                   capacity=cfg.replay.capacity,
-                                   chunk_length=cfg.replay.chunk_length, compression=c,
-                                   samples_per_insert=0.0, min_size=1, selector="uniform")
-                     for c in codecs}
+            def spec(codec: str, block_steps: int) -> ReplaySpec:
+                return ReplaySpec(port=server.port, password=server.password,
+                                  namespace=f"bench-{codec}-{uuid.uuid4().hex[:6]}",
+                                  capacity=cfg.replay.capacity,
+                                  chunk_length=cfg.replay.chunk_length, compression=codec,
+                                  samples_per_insert=0.0, min_size=1, selector="uniform",
+                                  block_steps=block_steps,
+                                  sample_threads=cfg.replay.sample_threads)
+
+            specs = {c: spec(c, cfg.replay.block_steps) for c in codecs}
+            whole = f"{codecs[0]}_whole_chunks"
+            if cfg.replay.block_steps:
+                specs[whole] = spec(codecs[0], 0)
             writers = {c: ReplayWriter(s) for c, s in specs.items()}
             insert_cases = {"inprocess": _stream_feeder(inproc.add, recorded, streams)}
             insert_cases |= {f"redis_{c}": _stream_feeder(w.add, recorded, streams)
@@ -98,6 +110,8 @@ def bench_replay(cfg: Config, *, steps: int = 6000, batches: int = 6, rounds: in
             # No decoded-chunk cache: at scale (1M steps) uniform sampling almost never hits
             # it, so every batch here fetches and decodes all of its chunks from Redis.
             samplers = {c: ReplaySampler(s, seed=1, cache_chunks=0) for c, s in specs.items()}
+            cached = ReplaySampler(specs[codecs[0]], seed=2)  # the learner's cache (256 chunks)
+            cached.sample(batch_size, length)  # fills it: this replay fits
 
             def sampler_case(sample: Callable[[int, int], dict]) -> Callable[[int], int]:
                 def run(n: int) -> int:
@@ -108,6 +122,7 @@ def bench_replay(cfg: Config, *, steps: int = 6000, batches: int = 6, rounds: in
 
             sample_cases = {"inprocess": sampler_case(inproc.sample)}
             sample_cases |= {f"redis_{c}": sampler_case(s.sample) for c, s in samplers.items()}
+            sample_cases[f"redis_{codecs[0]}_cached"] = sampler_case(cached.sample)
             progress(f"sampling {batch_size}x{length} batches ...")
             sample = interleaved_rates(sample_cases, batches, rounds, progress)
 
@@ -133,6 +148,8 @@ def bench_replay(cfg: Config, *, steps: int = 6000, batches: int = 6, rounds: in
         "task": cfg.env.task,
         "compression": codecs[0],
         "chunk_length": cfg.replay.chunk_length,
+        "block_steps": cfg.replay.block_steps,
+        "sample_threads": cached._builder.threads,
         "persistence": cfg.replay.persistence,
         "batch": [batch_size, length],
         "streams": streams,
@@ -149,6 +166,11 @@ def bench_replay(cfg: Config, *, steps: int = 6000, batches: int = 6, rounds: in
                                   for c, s in stats.items()},
         "insert_ratio_vs_inprocess": insert[primary]["median"] / insert["inprocess"]["median"],
         "sample_ratio_vs_inprocess": sample[primary]["median"] / sample["inprocess"]["median"],
+        "sample_ratio_vs_inprocess_cached": (sample[f"{primary}_cached"]["median"]
+                                             / sample["inprocess"]["median"]),
+        "sample_ratio_whole_chunk_records": (
+            sample[f"redis_{whole}"]["median"] / sample["inprocess"]["median"]
+            if f"redis_{whole}" in sample else None),
     })
 
 
