@@ -153,6 +153,19 @@ def _cmd_bench_replay(args: argparse.Namespace) -> int:
     from diswm.bench.replay import bench_replay
 
     cfg = _config(args)
+    if args.shards:
+        from diswm.bench.shards import bench_shards
+
+        report = bench_shards(cfg, args.shards, writers=args.writers, seconds=args.seconds,
+                              json_path=args.json,
+                              progress=lambda msg: print(msg, file=sys.stderr))
+        print(json.dumps({"by_shards": {n: {k: r[k] for k in (
+            "insert_steps_per_s", "insert_ratio_vs_first", "sample_batches_per_s",
+            "sample_ratio_vs_first", "in_bytes_per_s_per_shard")}
+            for n, r in report["by_shards"].items()}, "estimate": report["estimate"]}, indent=2))
+        if args.json:
+            print(f"wrote {args.json}", file=sys.stderr)
+        return 0
     report = bench_replay(cfg, steps=args.steps, batches=args.batches, rounds=args.rounds,
                           json_path=args.json, progress=lambda msg: print(msg, file=sys.stderr))
     keys = ("compression", "insert_steps_per_s", "sample_batches_per_s", "sample_mb_per_s",
@@ -264,7 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench_sub.add_parser("replay", help="Redis replay vs in-process buffer: insert/sample")
     p.add_argument("--steps", type=int, default=6000, help="steps inserted into each store")
     p.add_argument("--batches", type=int, default=6, help="batches sampled per case per round")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--shards", type=int, nargs="+", default=None, metavar="N",
+                   help="instead: the replay on N shards (Redis Cluster; 1 = one Redis) for "
+                        "each N, writer processes and one sampler, ratios to the first N")
+    p.add_argument("--writers", type=int, default=4, help="writer processes (with --shards)")
+    p.add_argument("--seconds", type=float, default=8.0,
+                   help="measurement window per shard count (with --shards)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the report here")
     _add_config_args(p)
     p.set_defaults(func=_cmd_bench_replay)

@@ -236,8 +236,8 @@ class ReplayConfig:
     # Images are compressed in blocks of this many steps inside a chunk, so a sampled sequence
     # decodes only the blocks it covers (0: whole-chunk records, as before).
     block_steps: int = field(default=8, metadata=_range(ge=0, le=4096))
-    # Threads that decompress and copy a sampled batch (lz4 and numpy release the GIL); 0: up
-    # to 4, by the machine's CPUs.
+    # Threads that decompress and copy a sampled batch (lz4 and numpy release the GIL); 0: half
+    # the machine's CPUs, 1 to 4 (the learner's torch threads need the rest).
     sample_threads: int = field(default=0, metadata=_range(ge=0, le=64))
 
 

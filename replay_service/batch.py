@@ -41,7 +41,8 @@ def legacy_layout(schema: Schema, length: int, nbytes: int) -> Layout:
 
 
 def default_threads() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    """Half the CPUs, 1 to 4: the learner's own threads (torch) need the rest."""
+    return max(1, min(4, (os.cpu_count() or 1) // 2))
 
 
 class _Chunk:

@@ -42,7 +42,7 @@ class ReplaySpec:
     shards: int = 1
     cluster_nodes: tuple[str, ...] = ()
     block_steps: int = 8  # steps per compressed image block (0: whole-chunk records)
-    sample_threads: int = 0  # threads that decode a batch (0: up to 4, by CPUs)
+    sample_threads: int = 0  # threads that decode a batch (0: half the CPUs, 1 to 4)
 
     @classmethod
     def from_config(cls, cfg, *, host: str | None = None, port: int, password: str) -> ReplaySpec:

@@ -256,3 +256,11 @@ def test_shards_config(tmp_path):
     assert ReplaySpec.from_config(cfg, port=1, password="p").shards == 3
     with pytest.raises(ConfigError, match="replay.shards"):
         load_config(["debug"], ["replay.shards=0"])
+
+
+def test_bench_shards_refuses_bad_counts(capsys):
+    from diswm.cli import main
+
+    assert main(["bench", "replay", "--shards", "0", "2"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "diswm: error: --shards needs shard counts >= 1, got [0, 2]")

@@ -68,7 +68,7 @@ def _stream_feeder(add: Callable[[str, dict], Any], steps: list[dict], streams: 
     return run
 
 
-def bench_replay(cfg: Config, *, steps: int = 6000, batches: int = 6, rounds: int = 3,
+def bench_replay(cfg: Config, *, steps: int = 6000, batches: int = 6, rounds: int = 5,
                  streams: int = 4, codecs: tuple[str, ...] | None = None, json_path=None,
                  progress=print) -> dict[str, Any]:
     batch_size, length = cfg.train.batch_size, cfg.train.batch_length
@@ -111,7 +111,8 @@ def bench_replay(cfg: Config, *, steps: int = 6000, batches: int = 6, rounds: in
             # it, so every batch here fetches and decodes all of its chunks from Redis.
             samplers = {c: ReplaySampler(s, seed=1, cache_chunks=0) for c, s in specs.items()}
             cached = ReplaySampler(specs[codecs[0]], seed=2)  # the learner's cache (256 chunks)
-            cached.sample(batch_size, length)  # fills it: this replay fits
+            for _ in range(20):  # fill it: this replay fits (a batch decodes what it uses)
+                cached.sample(batch_size, length)
 
             def sampler_case(sample: Callable[[int, int], dict]) -> Callable[[int], int]:
                 def run(n: int) -> int:
