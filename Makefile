@@ -26,7 +26,7 @@ export MUJOCO_GL ?= egl
 export RAY_USAGE_STATS_ENABLED ?= 0
 
 .PHONY: help install redis prometheus run test test-all test-two-nodes lint format bench bench-envs \
-	bench-replay bench-actors bench-learner cluster-up scale cluster-status cluster-down monitor clean
+	bench-replay bench-replay-shards bench-actors bench-learner cluster-up scale cluster-status cluster-down monitor clean
 
 help:
 	@echo "make run | test | test-all | cluster-up ACTORS=N | scale ACTORS=N | cluster-status |"
@@ -92,13 +92,17 @@ cluster-down:
 monitor: $(STAMP) prometheus
 	$(DISWM) monitor --run-dir $(RUN) --port $(PORT)
 
-bench: bench-envs bench-replay bench-actors bench-learner
+bench: bench-envs bench-replay bench-replay-shards bench-actors bench-learner
 
 bench-envs: install
 	$(VENV)/bin/diswm bench envs --json bench/envs.json
 
 bench-replay: install
 	$(VENV)/bin/diswm bench replay --json bench/replay.json
+
+# The replay on 1, 2, 3 shards (local Redis Clusters), 4 writer processes and 1 sampler.
+bench-replay-shards: install
+	$(VENV)/bin/diswm bench replay --shards 1 2 3 --json bench/replay-shards.json
 
 bench-actors: install
 	$(VENV)/bin/diswm bench actors --config debug --json bench/actors.json
