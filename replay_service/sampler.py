@@ -29,6 +29,7 @@ from replay_service.blocks import Layout, parse_header
 from replay_service.chunks import Schema, describe_schema_change
 from replay_service.index import SELECTORS, ChunkInfo, SequenceIndex
 from replay_service.scripts import _SAMPLE_LUA
+from replay_service.shards import placement
 from replay_service.spec import META_FIELDS, ReplaySpec, ReplayTimeout, _Backoff, connect, read_meta
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,12 @@ class ReplaySampler:
         self._m_size_bytes = metrics.REPLAY_SIZE_BYTES.labels(ns)
         self._m_ratio = metrics.REPLAY_COMPRESSION_RATIO.labels(ns)
         self._m_down = metrics.REPLAY_SHARDS_UNREACHABLE.labels(ns)
+        if spec.shards > 1:
+            masters = placement(self._data, spec.shard_prefixes)
+            if len(set(masters)) < spec.shards:
+                log.warning("replay %r: %d shards on %d masters (%s): the cluster's slots are "
+                            "not split evenly over %d masters, so some shards share a node",
+                            ns, spec.shards, len(set(masters)), ", ".join(masters), spec.shards)
 
     @property
     def _index(self) -> SequenceIndex:

@@ -130,6 +130,11 @@ def connect(spec: ReplaySpec, *, fail_fast: bool = False) -> redis.Redis | Redis
         except redis.AuthenticationError:
             raise
         except (redis.ConnectionError, redis.exceptions.RedisClusterException) as err:
+            if "cluster mode is not enabled" in str(err).lower():
+                raise ValueError(
+                    f"replay.shards={spec.shards} needs a Redis Cluster, and the Redis at "
+                    f"{spec.host}:{spec.port} is a single server (cluster mode is not enabled): "
+                    "set replay.shards=1, or point replay.host/port at a cluster node") from None
             if time.monotonic() > backoff.deadline:
                 raise redis.ConnectionError(
                     f"no node of the Redis cluster at {spec.host}:{spec.port} answered within "

@@ -264,3 +264,14 @@ def test_bench_shards_refuses_bad_counts(capsys):
     assert main(["bench", "replay", "--shards", "0", "2"]) == 2
     assert capsys.readouterr().err.strip() == (
         "diswm: error: --shards needs shard counts >= 1, got [0, 2]")
+
+
+def test_shards_on_a_single_redis_is_a_clear_error(tmp_path):
+    from replay_service.server import RedisServer
+
+    with RedisServer(tmp_path / "r", persistence="none") as single:
+        spec = ReplaySpec(port=single.port, password=single.password, shards=3)
+        start = time.monotonic()
+        with pytest.raises(ValueError, match="replay.shards=3 needs a Redis Cluster"):
+            ReplayWriter(spec)
+        assert time.monotonic() - start < 5  # no waiting out the outage window

@@ -156,6 +156,10 @@ def _run_concurrently(todo, runs, out: Path, parallel: int, retries: int,
     from diswm.runtime.job import run_job
     from replay_service.server import RedisServer
 
+    sharded = sorted({cfg.replay.shards for _, cfg, _, _, _ in todo} - {1})
+    if sharded:
+        raise ValueError(f"replay.shards={sharded[0]}: concurrent runs share one local Redis; "
+                         "run them with replay.shards=1 (or one at a time: --parallel 1)")
     first_cfg = todo[0][1]
     redis = RedisServer(out / "redis", persistence=first_cfg.replay.persistence,
                         fsync=first_cfg.replay.fsync, supervise=True).start()
