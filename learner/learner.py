@@ -44,6 +44,8 @@ CHECKPOINT_FORMAT = "diswm-learner-v1"
 BATCH_KEYS = ("image", "action", "reward", "is_first", "is_terminal")
 #: Prefixes of the weights an actor's Policy needs.
 POLICY_PREFIXES = ("wm.encoder.", "wm.rssm.", "ac.actor.")
+#: The metrics `ActorCritic.loss` reports (NaN during `behaviour.warmup_updates`).
+BEHAVIOUR_METRICS = ("imag_reward", "return", "actor_entropy", "value")
 
 
 
@@ -150,14 +152,22 @@ class Learner:
             # The step clipped the gradients by min(1, clip / norm): undo it for the ratio.
             clip = min(1.0, self.cfg.optim.grad_clip / (float(norms["model"]) + 1e-6))
             metrics["distill_grad_share"] = share / (enc / clip).clamp_min(1e-12)
-        self.ac.update_slow_critic(self.updates)
-        actor_losses, critic_losses, ac_metrics, actor_loss, critic_loss = (
-            self._behaviour_losses(aux, data))
-        # One backward for both: their parameters and graphs are disjoint (backward_and_step).
-        norms.update(backward_and_step({
-            "actor": self._group("actor", actor_loss, self.ac.actor),
-            "critic": self._group("critic", critic_loss, self.ac.critic)},
-            self.cfg.optim.grad_clip))
+        if self.updates >= self.cfg.behaviour.warmup_updates:
+            self.ac.update_slow_critic(self.updates - self.cfg.behaviour.warmup_updates)
+            actor_losses, critic_losses, ac_metrics, actor_loss, critic_loss = (
+                self._behaviour_losses(aux, data))
+            # One backward for both: their parameters and graphs are disjoint.
+            norms.update(backward_and_step({
+                "actor": self._group("actor", actor_loss, self.ac.actor),
+                "critic": self._group("critic", critic_loss, self.ac.critic)},
+                self.cfg.optim.grad_clip))
+        else:  # world-model warm-up: the behaviour's metrics are NaN (same columns every row)
+            nan = torch.full((), float("nan"))
+            actor_losses = dict.fromkeys(self.ac.actor_scales(), nan)
+            critic_losses = dict.fromkeys(self.ac.critic_scales(), nan)
+            actor_loss = critic_loss = nan
+            ac_metrics = dict.fromkeys(BEHAVIOUR_METRICS, nan)
+            norms.update({"actor": nan, "critic": nan})
         metrics.update({f"{name}_grad_norm": norm for name, norm in norms.items()})
         self.updates += 1
         self.version += 1

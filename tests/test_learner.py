@@ -116,6 +116,34 @@ def test_slow_critic_copies_every_n_updates():
     assert copied_from == [[0], [0], [0], [3], [3], [3], [6]]
 
 
+def test_warmup_trains_only_the_world_model_then_the_behaviour_from_a_fresh_slow_critic():
+    cfg = load_config(["tiny"], ["behaviour.warmup_updates=3", "behaviour.slow_critic_update=2"])
+    learner = Learner(cfg, A)
+    snap = lambda m: [p.detach().clone() for p in m.parameters()]  # noqa: E731
+    same = lambda a, m: all(torch.equal(x, y) for x, y in zip(a, m.parameters(), strict=True))  # noqa: E731
+    actor0, critic0, wm0 = snap(learner.ac.actor), snap(learner.ac.critic), snap(learner.wm)
+    rows = [learner.update(make_batch(cfg, i)) for i in range(3)]
+    # Three warm-up updates: the world model moved, the actor and critic did not.
+    assert not same(wm0, learner.wm)
+    assert same(actor0, learner.ac.actor) and same(critic0, learner.ac.critic)
+    for row in rows:  # the behaviour's columns exist on every row, NaN while warming up
+        for key in ("actor_loss", "critic_loss", "actor_entropy", "return", "actor_grad_norm",
+                    "actor/policy", "critic/critic"):
+            assert np.isnan(row[key]), key
+        assert np.isfinite(row["model_loss"])
+    row = learner.update(make_batch(cfg, 3))
+    assert set(row) == set(rows[0])
+    assert np.isfinite(row["actor_loss"]) and np.isfinite(row["actor_entropy"])
+    assert not same(actor0, learner.ac.actor) and not same(critic0, learner.ac.critic)
+    # The first behaviour update took its targets from the critic as it was then (the slow
+    # critic copies at behaviour updates 0, 2, 4, ... counted from the end of the warm-up).
+    assert same(critic0, learner.ac.slow_critic)
+    learner.update(make_batch(cfg, 4))
+    critic_after_4 = snap(learner.ac.critic)
+    learner.update(make_batch(cfg, 5))
+    assert same(critic_after_4, learner.ac.slow_critic)
+
+
 def test_world_model_loss_falls_on_a_fixed_batch(cfg):
     learner = Learner(load_config(["tiny"], ["optim.model_lr=0.001"]), A)
     batch = make_batch(cfg, structured=True)
