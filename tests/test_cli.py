@@ -79,11 +79,15 @@ def test_bench_replay_writes_ratios(tmp_path):
                  "--rounds", "1", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     insert, sample = report["insert_steps_per_s"], report["sample_batches_per_s"]
-    assert set(insert) == set(sample) == {"inprocess", "redis_lz4", "redis_zstd", "redis_none"}
+    stores = {"inprocess", "redis_lz4", "redis_zstd", "redis_none", "redis_lz4_whole_chunks"}
+    assert set(insert) == stores and set(sample) == stores | {"redis_lz4_cached"}
     assert report["insert_ratio_vs_inprocess"] == pytest.approx(
         insert["redis_lz4"]["median"] / insert["inprocess"]["median"])
-    assert report["sample_ratio_vs_inprocess"] == pytest.approx(
-        sample["redis_lz4"]["median"] / sample["inprocess"]["median"])
+    for key, case in (("sample_ratio_vs_inprocess", "redis_lz4"),
+                      ("sample_ratio_vs_inprocess_cached", "redis_lz4_cached"),
+                      ("sample_ratio_whole_chunk_records", "redis_lz4_whole_chunks")):
+        assert report[key] == pytest.approx(
+            sample[case]["median"] / sample["inprocess"]["median"]), key
     assert report["compression_ratio"]["lz4"] > 1.0
     assert report["compression_ratio"]["none"] == pytest.approx(1.0, abs=0.01)
 
