@@ -49,13 +49,19 @@ class _Chunk:
     """One chunk's decoded parts: its small fields, its blocked fields as full-length arrays
     (pages untouched until a block is decoded into them), and which blocks are there."""
 
-    __slots__ = ("small", "big", "have")
+    __slots__ = ("small", "big", "have", "layout")
 
     def __init__(self, layout: Layout):
+        self.layout = layout
         self.small: np.ndarray | None = None  # structured: the small fields, step by step
-        self.big = {n: np.empty((layout.length, *s), d) for n, d, s in layout.fields
-                    if n in layout.blocked}
+        self.big: dict[str, np.ndarray] = {}  # made when a block is first decoded into it
         self.have: set[tuple[str, int]] = set()
+
+    def array(self, name: str) -> np.ndarray:
+        if name not in self.big:
+            _, dtype, shape = next(f for f in self.layout.fields if f[0] == name)
+            self.big[name] = np.empty((self.layout.length, *shape), dtype)
+        return self.big[name]
 
 
 class BatchBuilder:
@@ -137,7 +143,7 @@ class BatchBuilder:
                                 (hi - lo, *out[name].shape[2:]), out[name].dtype)
                             mark = None
                         else:
-                            dest, mark = chunk.big[name][lo:hi], (name, j)
+                            dest, mark = chunk.array(name)[lo:hi], (name, j)
                         decodes.append((key, _block_task(layout, sections[i],
                                                          layout.sections[i][2], dest, chunk,
                                                          mark)))
