@@ -59,6 +59,20 @@ def _decompress(codec: str, payload: bytes, raw_nbytes: int) -> bytes:
     raise CorruptRecord(f"unknown codec {codec!r} in record header")
 
 
+def decompress_checked(codec: str, payload: bytes, raw_nbytes: int, what: str) -> bytes:
+    """`payload` decompressed to exactly `raw_nbytes` bytes; any decoder failure or a wrong size
+    is a `CorruptRecord` naming `what` (a record's payload, a block)."""
+    try:
+        raw = _decompress(codec, payload, raw_nbytes)
+    except CorruptRecord:
+        raise
+    except Exception as err:  # noqa: BLE001 - any decoder failure means a bad record
+        raise CorruptRecord(f"{what} does not decompress: {err}") from None
+    if len(raw) != raw_nbytes:
+        raise CorruptRecord(f"{what} holds {len(raw)} bytes, expected {raw_nbytes}")
+    return raw
+
+
 def encode(arrays: Mapping[str, np.ndarray], codec: str = "lz4") -> bytes:
     """Arrays (any shapes, allowed dtypes) -> one self-describing record."""
     fields, parts = [], []
@@ -96,14 +110,7 @@ def decode(record: bytes) -> dict[str, np.ndarray]:
     payload = bytes(record[_PREFIX.size + header_len:])
     if zlib.crc32(payload) != crc:
         raise CorruptRecord("payload checksum mismatch (truncated or altered record)")
-    try:
-        raw = _decompress(codec, payload, raw_nbytes)
-    except CorruptRecord:
-        raise
-    except Exception as err:  # noqa: BLE001 - any decoder failure means a bad record
-        raise CorruptRecord(f"payload does not decompress: {err}") from None
-    if len(raw) != raw_nbytes:
-        raise CorruptRecord(f"payload holds {len(raw)} bytes, header says {raw_nbytes}")
+    raw = decompress_checked(codec, payload, raw_nbytes, "payload")
     out, offset = {}, 0
     try:
         for name, dtype, shape in fields:

@@ -28,7 +28,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from diswm.records import _ALLOWED_DTYPES, CODECS, CorruptRecord, _compress
+from diswm.records import _ALLOWED_DTYPES, CODECS, CorruptRecord, _compress, decompress_checked
 
 MAGIC = b"DWMB"
 VERSION = 1
@@ -195,25 +195,7 @@ def decompress_into(codec: str, payload: bytes, crc: int, out: np.ndarray) -> No
         if got != want:
             raise CorruptRecord(f"block decompresses to {got} bytes, expected {want}")
         return
-    try:
-        if codec == "lz4":
-            import lz4.block
-
-            raw = lz4.block.decompress(payload, uncompressed_size=want)
-        elif codec == "zstd":
-            import zstandard
-
-            raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=want)
-        elif codec == "none":
-            raw = payload
-        else:
-            raise CorruptRecord(f"unknown codec {codec!r}")
-    except CorruptRecord:
-        raise
-    except Exception as err:  # noqa: BLE001 - any decoder failure means a bad record
-        raise CorruptRecord(f"block does not decompress: {err}") from None
-    if len(raw) != want:
-        raise CorruptRecord(f"block holds {len(raw)} bytes, expected {want}")
+    raw = decompress_checked(codec, payload, want, "block")
     out.reshape(-1).view(np.uint8)[:] = np.frombuffer(raw, np.uint8)
 
 

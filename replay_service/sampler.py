@@ -28,7 +28,7 @@ from replay_service.batch import WHOLE, BatchBuilder, legacy_layout
 from replay_service.blocks import Layout, parse_header
 from replay_service.chunks import Schema, describe_schema_change
 from replay_service.index import SELECTORS, ChunkInfo, SequenceIndex
-from replay_service.scripts import _SAMPLE_LUA
+from replay_service.scripts import _SAMPLE_LUA, script_caller
 from replay_service.shards import placement
 from replay_service.spec import META_FIELDS, ReplaySpec, ReplayTimeout, _Backoff, connect, read_meta
 
@@ -67,12 +67,7 @@ class ReplaySampler:
         # The sample path fails fast on a shard that is down (and leaves it out); one Redis
         # retries through an outage, as before.
         self._data = self.client if spec.shards == 1 else connect(spec, fail_fast=True)
-        if spec.shards == 1:
-            self._grant = self.client.register_script(_SAMPLE_LUA)
-        else:  # EVAL, routed by the keys' slot: a restarted node needs no SCRIPT LOAD
-            def grant(keys, args):
-                return self._data.eval(_SAMPLE_LUA, len(keys), *keys, *args)
-            self._grant = grant
+        self._grant = script_caller(self._data, _SAMPLE_LUA, spec.shards > 1)
         self._rng = np.random.default_rng(seed)
         self._shards = [_Shard(k, p, SELECTORS[spec.selector]())
                         for k, p in enumerate(spec.shard_prefixes)]

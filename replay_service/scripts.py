@@ -80,3 +80,12 @@ redis.call('HINCRBY', meta, 'samples', n)
 return {1, 0, c[1], c[2], c[3], c[4], c[5]}
 """
 
+
+
+def script_caller(client, lua: str, sharded: bool):
+    """`call(keys, args)` running `lua` on `client`: a registered script (EVALSHA) on one Redis;
+    plain EVAL on a cluster, routed by the keys' slot, so a restarted node needs no SCRIPT LOAD."""
+    if not sharded:
+        script = client.register_script(lua)
+        return lambda keys, args: script(keys=keys, args=args)
+    return lambda keys, args: client.eval(lua, len(keys), *keys, *args)

@@ -1,11 +1,21 @@
-import os, sys, time, numpy as np, torch
+# ruff: noqa
+# Probe script, kept as it was run for this folder's logs (run from the repository root with
+# MUJOCO_GL=egl .venv/bin/python docs/results/cartpole_swingup-learning-proof/probe_prefill.py NAME UPDATES [KEY=VALUE ...]).
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
 torch.set_num_threads(1)
+import diswm.models.behaviour as B
 from diswm.config import load_config
 from diswm.envs import make_env
 from diswm.rollout import RandomPolicy
-import diswm.models.behaviour as B
 from learner.learner import Learner
 from replay_service.buffer import SequenceBuffer
+
 var = sys.argv[1]; n_up = int(sys.argv[2]); extra = sys.argv[3:]
 cfg = load_config(["cpu", "finger_spin_to_cartpole_swingup", "dreamerv2"],
                   ["distraction.enabled=false", "train.compile=false", *extra])

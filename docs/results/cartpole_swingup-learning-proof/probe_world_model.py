@@ -1,14 +1,24 @@
+# ruff: noqa
+# Probe script, kept as it was run for this folder's logs (run from the repository root with
+# MUJOCO_GL=egl .venv/bin/python docs/results/cartpole_swingup-learning-proof/probe_world_model.py NAME UPDATES [KEY=VALUE ...]).
 """World model alone on fixed random-policy data: does the reward head learn the reward?
 R^2 of the predicted reward (posterior features) on held-out random episodes, by update."""
-import os, sys, time, numpy as np, torch
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
 torch.set_num_threads(int(os.environ.get("THREADS", "1")))
 from diswm.config import load_config
 from diswm.envs import make_env
-from diswm.rollout import RandomPolicy
 from diswm.models.nets import preprocess_image
 from diswm.models.rssm import RSSM
+from diswm.rollout import RandomPolicy
 from learner.learner import Learner
 from replay_service.buffer import SequenceBuffer
+
 name = sys.argv[1]; n_up = int(sys.argv[2]); extra = sys.argv[3:]
 cfg = load_config(["cpu", "finger_spin_to_cartpole_swingup", "dreamerv2"],
                   ["distraction.enabled=false", "train.compile=false",
