@@ -13,6 +13,8 @@ a bare ``ValueError`` deep inside a role.
 
 from __future__ import annotations
 
+import time
+
 import redis
 
 
@@ -75,8 +77,6 @@ class RunControl:
     def report_error(self, role: str, message: str) -> None:
         """Record `role`'s error (one line, stamped with when) for `cluster status` and
         `diswm run`."""
-        import time
-
         stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         self.client.hset(self.key, f"error:{role}",
                          f"[since {stamp}] " + " ".join(message.split())[:500])

@@ -3,7 +3,7 @@
 
     builder = BatchBuilder(cache_chunks=256, threads=4)
     wanted = builder.wanted(rows, layouts)        # {(shard, gseq): [section, ...]} not cached
-    ...fetch those sections (one GETRANGE script per shard)...
+    ...fetch those sections (one STRLEN + GETRANGE pipeline per shard)...
     bad = builder.build(out, rows, layouts, payloads)   # {(shard, gseq): error}; empty: done
 
 A row is one sequence: ``(shard, [(gseq, offset, count), ...])``. Blocks that a sequence covers

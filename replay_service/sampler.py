@@ -6,7 +6,7 @@ checks are skipped, counted and logged.
 
 On a sharded replay (``spec.shards > 1``) each shard has its own index, grant and limiter; a
 batch's sequences are split over the shards in proportion to their sizes (a multinomial draw:
-uniform over every stored step), each shard's chunks come in one MGET (one slot), and a shard
+uniform over every stored step), each shard's byte ranges come in one pipeline (one slot), and a shard
 that is down is left out, logged and counted (``diswm_replay_shards_unreachable``) until it
 answers again."""
 

@@ -119,13 +119,14 @@ def cmd_cluster_down(args: argparse.Namespace, cfg) -> int:
 
 
 def cmd_replay_check(args: argparse.Namespace, cfg) -> int:
+    from dataclasses import replace
+
     import redis
 
     from diswm.config import build_config
-    from diswm.rediskit import connect
     from diswm.runtime.cluster import STATE_FILE, stored_password
     from replay_service.check import check_replay
-    from replay_service.client import ReplaySpec
+    from replay_service.spec import ReplaySpec, connect
 
     run = Path(args.run_dir)
     state_path = run / STATE_FILE
@@ -140,14 +141,8 @@ def cmd_replay_check(args: argparse.Namespace, cfg) -> int:
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{state_path} is not a cluster state file ({err})"[:300]) from None
     try:
-        if spec.shards == 1:
-            client = connect(spec.host, spec.port, spec.password, outage_window=1)
-        else:
-            from dataclasses import replace
-
-            from replay_service.spec import connect as replay_connect
-
-            client = replay_connect(replace(spec, outage_window=1), fail_fast=True)
+        # One Redis or a cluster's nodes; a node that is down fails at once (it is reported).
+        client = connect(replace(spec, outage_window=1), fail_fast=True)
         report = check_replay(client, spec)
     except redis.ConnectionError:
         raise ValueError(f"redis at {spec.host}:{spec.port} is unreachable: is the cluster "
