@@ -29,6 +29,12 @@ from learner import Learner
 
 bf16_native, _ = native_bf16(torch.device("cpu"))
 needs_bf16 = pytest.mark.skipif(not bf16_native, reason="CPU without native bf16")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+# The gate's cases: (device, low precision). The CUDA cases run where a GPU is (a lent GPU
+# machine: docs/results/precision-cuda/), and are skipped on CPU-only hosts such as CI.
+GATE_CASES = [pytest.param("cpu", "bf16", marks=needs_bf16, id="cpu-bf16"),
+              pytest.param("cuda", "bf16", marks=needs_cuda, id="cuda-bf16"),
+              pytest.param("cuda", "fp16", marks=needs_cuda, id="cuda-fp16")]
 
 # Tolerances of the gate (relative, with an absolute floor for terms near zero). Measured on
 # this 2-core AVX512-BF16 CPU: one update differs by <= 0.8% (the beta-KL, whose 20-d z comes
@@ -39,8 +45,9 @@ CURVE_RTOL, CURVE_ATOL = 0.03, 0.01
 CURVE_TERMS = ("model/image", "model/reward", "kl_value", "model/beta", "critic/critic")
 
 
-def tiny(precision: str, *extra: str):
-    return load_config(["tiny"], [f"train.precision={precision}", *extra])
+def tiny(precision: str, *extra: str, device: str = "cpu"):
+    return load_config(["tiny"], [f"train.precision={precision}", f"train.device={device}",
+                                  *extra])
 
 
 # -- resolving the setting ---------------------------------------------------------------------
@@ -174,8 +181,9 @@ class DtypeProbe:
                       if dts != {torch.float32})
 
 
-def one_update(precision: str, batch, pretrained=None) -> tuple[dict, dict]:
-    learner = Learner(tiny(precision), A, pretrained=pretrained)
+def one_update(precision: str, batch, pretrained=None, device: str = "cpu"
+               ) -> tuple[dict, dict]:
+    learner = Learner(tiny(precision, device=device), A, pretrained=pretrained)
     torch.manual_seed(1)
     metrics = learner.update(batch, agent_step=0)
     norms = {}
@@ -201,12 +209,13 @@ def teacher_state():
     return VideoModel(tiny("fp32").model).state_dict()
 
 
-@needs_bf16
-def test_bf16_update_matches_fp32_term_by_term(monkeypatch, teacher_state):
+@pytest.mark.parametrize(("device", "precision"), GATE_CASES)
+def test_low_precision_update_matches_fp32_term_by_term(monkeypatch, teacher_state, device,
+                                                        precision):
     batch = make_batch(tiny("fp32"), 0, structured=True)
-    ref, ref_norms = one_update("fp32", batch, teacher_state)
+    ref, ref_norms = one_update("fp32", batch, teacher_state, device)
     probe = DtypeProbe(monkeypatch)
-    got, got_norms = one_update("bf16", batch, teacher_state)
+    got, got_norms = one_update(precision, batch, teacher_state, device)
     assert {"model/distill", "model/image", "model/kl", "actor/entropy"} <= set(got)
     assert update_mismatches(ref, got, UPDATE_RTOL, UPDATE_ATOL) == []
     assert [k for k in ref_norms if abs(got_norms[k] - ref_norms[k]) > GRAD_RTOL * ref_norms[k]
@@ -218,21 +227,22 @@ def test_bf16_update_matches_fp32_term_by_term(monkeypatch, teacher_state):
     assert probe.violations() == []
 
 
-@needs_bf16
-def test_gate_catches_a_missing_float32_cast(monkeypatch, teacher_state):
-    """The deliberately wrong cast: the RSSM's latent distribution left in bf16."""
+@pytest.mark.parametrize(("device", "precision"), GATE_CASES)
+def test_gate_catches_a_missing_float32_cast(monkeypatch, teacher_state, device, precision):
+    """The deliberately wrong cast: the RSSM's latent distribution left in low precision."""
     batch = make_batch(tiny("fp32"), 0, structured=True)
     monkeypatch.setattr(rssm_mod, "fp32", lambda x: x)
     probe = DtypeProbe(monkeypatch)
-    one_update("bf16", batch, teacher_state)
+    one_update(precision, batch, teacher_state, device)
     assert any(v.startswith(("balanced_kl", "gaussian_kl")) for v in probe.violations())
 
 
-def curves(precision: str, updates: int, weights_bf16: bool = False) -> dict[str, np.ndarray]:
-    cfg = tiny(precision)
+def curves(precision: str, updates: int, weights_low: bool = False, device: str = "cpu"
+           ) -> dict[str, np.ndarray]:
+    cfg = tiny(precision, device=device)
     learner = Learner(cfg, A)
-    if weights_bf16:  # the classic mistake: the model cast to bf16 instead of autocast
-        learner.wm.to(torch.bfloat16)
+    if weights_low:  # the classic mistake: the model cast to bf16/fp16 instead of autocast
+        learner.wm.to(torch.bfloat16 if precision == "bf16" else torch.float16)
     batches = [make_batch(cfg, i, structured=True) for i in range(4)]
     torch.manual_seed(1)
     rows = [learner.update(batches[i % 4]) for i in range(updates)]
@@ -249,16 +259,22 @@ def curve_mismatches(ref, got, windows) -> list[str]:
     return out
 
 
-@needs_bf16
-def test_bf16_loss_curves_track_fp32_and_bf16_weights_do_not():
+@pytest.mark.parametrize(("device", "precision"), GATE_CASES)
+def test_low_precision_loss_curves_track_fp32_and_low_precision_weights_do_not(device,
+                                                                               precision):
     """300 updates on a learnable batch: mean loss terms over windows of 50 updates stay within
-    the band; storing the world model's weights in bf16 (Adam's small steps rounded away)
+    the band; storing the world model's weights in bf16/fp16 (Adam's small steps rounded away)
     leaves it, which shows the band can fail."""
     n, windows = 300, ((125, 175), (250, 300))
-    ref = curves("fp32", n)
+    ref = curves("fp32", n, device=device)
     assert ref["model/image"][-50:].mean() < ref["model/image"][:50].mean() - 100  # it learns
-    assert curve_mismatches(ref, curves("bf16", n), windows) == []
-    wrong = curve_mismatches(ref, curves("bf16", n, weights_bf16=True), windows)
+    assert curve_mismatches(ref, curves(precision, n, device=device), windows) == []
+    try:
+        wrong = curve_mismatches(ref, curves(precision, n, weights_low=True, device=device),
+                                 windows)
+    except ValueError as e:  # fp16: the grad scaler refuses fp16 weights outright
+        assert precision == "fp16" and "FP16 gradients" in str(e), e
+        return
     assert any(w.startswith(("kl_value", "model/beta")) for w in wrong), wrong
 
 
