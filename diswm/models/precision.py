@@ -71,9 +71,15 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def make_scaler(self) -> torch.amp.GradScaler | None:
-        """A dynamic loss scaler for fp16 (one per optimizer); None otherwise."""
-        return torch.amp.GradScaler("cuda") if self.name == "fp16" else None
+    def make_scaler(self, init_scale: float = 2.0 ** 16) -> torch.amp.GradScaler | None:
+        """A dynamic loss scaler for fp16 (one per optimizer); None otherwise.
+
+        `init_scale`: the scaler's first scale (PyTorch's default 2**16 suits losses of order 1;
+        a loss of order 1e4, like the world model's pixel-summed image NLL, overflows fp16's
+        gradients at any scale above ~100 and would skip its first ~16 updates)."""
+        if self.name != "fp16":
+            return None
+        return torch.amp.GradScaler(self.device.type, init_scale=init_scale)
 
     def describe(self) -> str:
         how = f"train.precision={self.requested}"
