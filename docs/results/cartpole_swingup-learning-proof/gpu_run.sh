@@ -8,7 +8,8 @@
 #
 # Carried: .whl/site312.tar.xz (mujoco 3.17.0, dm_control 1.0.50 without its locomotion and
 # dog assets, dm-env, dm-tree, PyOpenGL, glfw, websockets, redis, hiredis, lz4 for Python 3.12) and .gl/*.deb
-# (the GL/EGL loaders), as /work/.library/device/README.md says.
+# (the GL/EGL loaders), as /work/.library/device/README.md says; `scripts/device_bundle.sh`
+# builds both from setup.cfg's pins.
 #
 #   LOCAL=1 DEVICE=cpu DUR=60 EXTRA="..." OUT=/tmp/out bash gpu_run.sh   # a dry run here
 set -u
