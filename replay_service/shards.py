@@ -29,6 +29,25 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from replay_service.server import RedisServer, read_or_create_password
 
 
+def unfed_shards(actor_indices, shards: int) -> list[int]:
+    """The shards no running actor writes to: actor i writes shard i mod `shards`."""
+    if shards <= 1:
+        return []
+    fed = {int(i) % shards for i in actor_indices}
+    return [k for k in range(shards) if k not in fed]
+
+
+def unfed_shards_note(actor_indices, shards: int) -> str:
+    """One line naming the shards that stay empty (no writer), or "" when every shard has one."""
+    empty = unfed_shards(actor_indices, shards)
+    if not empty:
+        return ""
+    names = ", ".join(str(k) for k in empty)
+    return (f"replay: shard{'s' if len(empty) > 1 else ''} {names} of {shards} get no writer "
+            f"(actor i writes shard i mod {shards}) and stay empty; run at least {shards} "
+            "actors to use every shard")
+
+
 def slot_range(k: int, n: int) -> tuple[int, int]:
     """The k-th of n equal hash-slot ranges, [first, last] inclusive."""
     return k * REDIS_CLUSTER_HASH_SLOTS // n, (k + 1) * REDIS_CLUSTER_HASH_SLOTS // n - 1

@@ -300,8 +300,9 @@ def test_cluster_up_on_three_shards_survives_a_dead_node(tmp_path):
         assert not check or result.returncode == 0, result.stderr[-3000:]
         return result
 
-    diswm("cluster", "up", "--actors", "2", "--config", "tiny", "--set", "replay.shards=3",
-          "train.steps=1000000")
+    up = diswm("cluster", "up", "--actors", "2", "--config", "tiny", "--set", "replay.shards=3",
+               "train.steps=1000000")
+    assert "replay: shard 2 of 3 get no writer" in up.stderr, up.stderr[-2000:]
     try:
         def status():
             return json.loads(diswm("cluster", "status", "--json", check=False).stdout)
@@ -344,3 +345,24 @@ def _alive(pid: int) -> bool:
         return "zombie" not in open(f"/proc/{pid}/status").read().lower()
     except OSError:
         return False
+
+
+def test_unfed_shards_are_named():
+    """Actor i writes shard i mod N, so with fewer actors than shards (or after scaling leaves
+    gaps in the indices) some shards get no writer; the runtime says which, in one line."""
+    from replay_service.shards import unfed_shards, unfed_shards_note
+
+    assert unfed_shards([0, 1], 3) == [2]
+    assert unfed_shards([0, 1, 2, 3], 3) == []
+    assert unfed_shards([1, 4], 3) == [0, 2]  # 1 % 3 = 4 % 3: both write shard 1
+    assert unfed_shards([], 2) == [0, 1]
+    assert unfed_shards([0], 1) == []
+    # a plain loop as the reference
+    for idx in ([0, 2, 5], [3, 4, 5, 6], [7]):
+        fed = set()
+        for i in idx:
+            fed.add(i % 4)
+        assert unfed_shards(idx, 4) == [k for k in range(4) if k not in fed]
+    note = unfed_shards_note([0, 1], 3)
+    assert note.count("\n") == 0 and "shard 2 of 3" in note and "actor i writes shard i mod 3" in note
+    assert unfed_shards_note([0, 1, 2], 3) == ""

@@ -68,7 +68,17 @@ def cmd_cluster_up(args: argparse.Namespace, cfg) -> int:
             else ""))
     _err("status: make cluster-status | scale: make scale ACTORS=N | stop: make cluster-down | "
          f"Prometheus: make monitor RUN={run_dir}")
+    _note_unfed_shards(names, cluster.spec.shards)
     return 0
+
+
+def _note_unfed_shards(actor_names: list[str], shards: int) -> None:
+    """One line when some replay shards get no writer (actor i writes shard i mod shards)."""
+    from replay_service.shards import unfed_shards_note
+
+    note = unfed_shards_note([int(name.rsplit("-", 1)[1]) for name in actor_names], shards)
+    if note:
+        _err(note)
 
 
 def cmd_cluster_scale(args: argparse.Namespace, cfg) -> int:
@@ -77,6 +87,7 @@ def cmd_cluster_scale(args: argparse.Namespace, cfg) -> int:
     cluster = Cluster.attach(args.run_dir)
     names = cluster.scale(args.actors)
     _err(f"{len(names)} actors running: {', '.join(names) or '-'}")
+    _note_unfed_shards(names, cluster.spec.shards)
     return 0
 
 

@@ -25,6 +25,7 @@ from diswm.control import RunControl, RunFailed
 from diswm.runfolder import private_dir
 from diswm.runtime.cluster import Cluster, action_dim_of
 from diswm.supervision import one_line
+from replay_service.shards import unfed_shards_note
 
 
 def _pretrain(cfg: Config, run_dir: Path, progress: Callable[[str], None]) -> tuple[Path, dict]:
@@ -89,6 +90,8 @@ def run_job(cfg: Config, run_dir: str | Path, *, teacher: str | None = None,
                  f"{cfg.distill.teacher or 'none'}")
         learner = cluster.start_learner(action_dim_of(cfg))
         cluster.scale(cfg.runtime.actors)
+        if note := unfed_shards_note(range(cfg.runtime.actors), cluster.spec.shards):
+            progress("      " + note)
         _print_metrics_urls(cluster, progress)
         seen, reported = 0, {}
         import ray
