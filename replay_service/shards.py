@@ -43,7 +43,9 @@ def unfed_shards_note(actor_indices, shards: int) -> str:
     if not empty:
         return ""
     names = ", ".join(str(k) for k in empty)
-    return (f"replay: shard{'s' if len(empty) > 1 else ''} {names} of {shards} get no writer "
+    many = len(empty) > 1
+    return (f"replay: shard{'s' if many else ''} {names} of {shards} get{'' if many else 's'} "
+            "no writer "
             f"(actor i writes shard i mod {shards}) and stay empty; run at least {shards} "
             "actors to use every shard")
 

@@ -302,7 +302,7 @@ def test_cluster_up_on_three_shards_survives_a_dead_node(tmp_path):
 
     up = diswm("cluster", "up", "--actors", "2", "--config", "tiny", "--set", "replay.shards=3",
                "train.steps=1000000")
-    assert "replay: shard 2 of 3 get no writer" in up.stderr, up.stderr[-2000:]
+    assert "replay: shard 2 of 3 gets no writer" in up.stderr, up.stderr[-2000:]
     try:
         def status():
             return json.loads(diswm("cluster", "status", "--json", check=False).stdout)
@@ -366,3 +366,4 @@ def test_unfed_shards_are_named():
     note = unfed_shards_note([0, 1], 3)
     assert note.count("\n") == 0 and "shard 2 of 3" in note and "actor i writes shard i mod 3" in note
     assert unfed_shards_note([0, 1, 2], 3) == ""
+    assert "shards 2, 3 of 4 get no writer" in unfed_shards_note([0, 1], 4)
