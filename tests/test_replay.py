@@ -528,6 +528,28 @@ def test_block_record_round_trip_and_layout():
         assert len(layout.sections) == 1 + -(-21 // block)
 
 
+def test_block_record_header_settles_whatever_the_section_sizes():
+    """The header lists each section's byte offset, and its own length shifts them: when a
+    shift carries offsets across a power of ten the header grows again. These chunks (seeds
+    found by search; about 1 in 10,000 random chunks) took more rounds than the encoder
+    allowed, and actors crashed with "block record header did not settle" in a 30k-step run."""
+    from replay_service.blocks import decode_chunk, encode_chunk, split_record
+
+    for seed in (233, 1622, 13977):
+        rng = np.random.default_rng(seed)
+        length, noisy = int(rng.integers(9, 65)), int(rng.integers(0, 12288))
+        image = np.zeros((length, 64, 64, 3), np.uint8)
+        image.reshape(length, -1)[:, :noisy] = rng.integers(0, 256, (length, noisy),
+                                                            dtype=np.uint8)
+        arrays = {"image": image, "reward": rng.random(length).astype(np.float32)}
+        record, header = encode_chunk(arrays, "lz4", 8)
+        assert split_record(record)[0] == header
+        back = decode_chunk(record)
+        assert back.keys() == arrays.keys()
+        for name, array in arrays.items():
+            np.testing.assert_array_equal(back[name], array)
+
+
 def test_block_record_checks():
     from replay_service.blocks import decode_chunk, encode_chunk, parse_header
 
