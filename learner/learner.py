@@ -113,8 +113,7 @@ class Learner:
         # fp16: the world model's loss (image NLL summed over 64x64x3 pixels, ~1e4) has gradients
         # far above fp16's underflow and overflows it when scaled up (PyTorch's 2**16 skipped its
         # first update on an H100; inf down to a scale of 128 in CPU emulation), so its scaler
-        # starts at 1 and grows from there;
-        # the actor's and critic's small losses keep PyTorch's 2**16.
+        # starts at 1 and grows from there; the actor's and critic's small losses keep 2**16.
         self.scalers = {name: self.precision.make_scaler(1.0 if name == "model" else 2.0 ** 16)
                         for name in self.opts}
         self.log(self.precision.describe())
