@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One call of the device tool (/work/.library/device/README.md), about 9.5 minutes, in three
+# parts, each bounded so that the later ones still run:
+#   1. the precision gate on CUDA (tests/test_precision.py, cuda-bf16 and cuda-fp16 cases);
+#   2. `diswm bench learner` at both sizes: eager fp32 (the baseline, same run), bf16 eager,
+#      bf16 compiled, bf16 with CUDA graphs, fp16;
+#   3. the distributed runtime on the GPU: Ray actors, the Redis replay and a GPU learner
+#      (`diswm run`, DreamerV2 on dmc:cartpole_swingup, no distraction), stopped with SIGINT
+#      when the call's time is nearly up.
+# Carry: .whl (WITH_RAY=1 scripts/device_bundle.sh) and .gl. Results land in $OUT.
+#
+#   run(command="bash scripts/gpu_check.sh", carry=[".whl", ".gl"], timeout_s=600)
+set -u
+T0=$SECONDS
+BUDGET=${BUDGET:-575}
+left() { echo $((BUDGET - (SECONDS - T0))); }
+# Only the GL/EGL loaders go into /; redis-server and its libraries unpack elsewhere (a Debian
+# package unpacked over / can replace the image's /lib link and break the C toolchain).
+for f in .gl/*.deb; do
+  case "$f" in *redis*|*jemalloc*|*lzf*) dpkg -x "$f" /tmp/redis-root ;; *) dpkg -x "$f" / ;; esac
+done; ldconfig
+mkdir -p /tmp/site && tar -C /tmp/site -xJf .whl/site312.tar.xz || exit 3
+export PYTHONPATH=/tmp/site:$PWD MUJOCO_GL=egl PYOPENGL_PLATFORM=egl PYTHONUNBUFFERED=1
+export PATH=$PATH:/tmp/redis-root/usr/bin LD_LIBRARY_PATH=/tmp/redis-root/usr/lib/x86_64-linux-gnu
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  python3 -c "import torch, ray; print('torch', torch.__version__, 'ray', ray.__version__)"
+  redis-server --version; git rev-parse --short HEAD; } 2>&1 | tee "$OUT/gpu.txt"
+echo "setup done at $((SECONDS - T0)) s"
+
+# 1. The precision gate on CUDA.
+[ -n "${NO_GATE:-}" ] || timeout 170 python3 -m pytest -q -rA -p no:cacheprovider tests/test_precision.py -k cuda \
+  >"$OUT/gate.log" 2>&1
+echo "gate rc=$? at $((SECONDS - T0)) s"; tail -9 "$OUT/gate.log"
+
+# 2. The learner bench.
+[ -n "${NO_BENCH:-}" ] || timeout "${BENCH_S:-200}" python3 -m diswm bench learner --sizes ${SIZES:-defaults debug} \
+  --modes ${MODES:-eager bf16 bf16_compile bf16_cudagraphs fp16} --rounds 2 --updates 5 \
+  --json "$OUT/learner-h100.json" >"$OUT/bench.log" 2>&1
+echo "bench rc=$? at $((SECONDS - T0)) s"; tail -25 "$OUT/bench.log"
+
+# 3. The distributed runtime with a GPU learner, for what time is left.
+T=$(( $(left) - 25 ))
+echo "distributed run for $T s"
+RUN=/tmp/gpu-dist
+timeout -s INT -k 20 "$T" python3 -m diswm run --config finger_spin_to_cartpole_swingup dreamerv2 \
+  --set distraction.enabled=false train.device=cuda train.precision=bf16 train.compile=${COMPILE:-true} \
+        runtime.actors=8 train.eval_every=${EVAL_EVERY:-4000} train.eval_episodes=4 train.steps=200000 \
+  --run-dir "$RUN" >"$OUT/dist.log" 2>&1
+echo "distributed rc=$? at $((SECONDS - T0)) s"; tail -15 "$OUT/dist.log"
+tail -2 "$RUN/train.csv" 2>/dev/null; cat "$RUN/eval.csv" 2>/dev/null
+rm -rf "$RUN"/checkpoints "$RUN"/redis
+tar -czf "$OUT/gpu-dist.tar.gz" -C /tmp gpu-dist 2>/dev/null
+ls -la "$OUT"
