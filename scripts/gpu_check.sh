@@ -7,9 +7,11 @@
 #   3. the distributed runtime on the GPU: Ray actors, the Redis replay and a GPU learner
 #      (`diswm run`, DreamerV2 on dmc:cartpole_swingup, no distraction), stopped with SIGINT
 #      when the call's time is nearly up.
-# Carry: .whl (WITH_RAY=1 scripts/device_bundle.sh) and .gl. Results land in $OUT.
+# Carry: .whl (WITH_RAY=1 scripts/device_bundle.sh), .gl, and .inductor if a past call left a
+# cache. Results land in $OUT. Knobs: NO_GATE=1, NO_BENCH=1, SIZES, MODES, BENCH_S (bench's
+# limit), COMPILE (the distributed run's train.compile), EVAL_EVERY, BUDGET (the call's seconds).
 #
-#   run(command="bash scripts/gpu_check.sh", carry=[".whl", ".gl"], timeout_s=600)
+#   run(command="bash scripts/gpu_check.sh", carry=[".whl", ".gl", ".inductor"], timeout_s=600)
 set -u
 T0=$SECONDS
 BUDGET=${BUDGET:-575}
@@ -25,6 +27,13 @@ export PATH=$PATH:/tmp/redis-root/usr/bin LD_LIBRARY_PATH=/tmp/redis-root/usr/li
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch, ray; print('torch', torch.__version__, 'ray', ray.__version__)"
   redis-server --version; git rev-parse --short HEAD; } 2>&1 | tee "$OUT/gpu.txt"
+# Inductor's caches (FX graphs, Triton kernels): a cold compile of the 50 x 50 learner takes about
+# 4 minutes on an H100 or H200, a warm one about 20 s. The cache this call leaves comes back as
+# $OUT/inductor-cache.tar.gz; copy it to .inductor/ (git-ignored) and carry ".inductor" next time
+# (H100 and H200 are both sm_90; the cache is keyed on torch's version and the graphs).
+export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cache
+[ -f .inductor/inductor-cache.tar.gz ] && tar -C /tmp -xzf .inductor/inductor-cache.tar.gz \
+  && echo "inductor cache: $(du -sh /tmp/inductor-cache | cut -f1) carried in"
 echo "setup done at $((SECONDS - T0)) s"
 
 # 1. The precision gate on CUDA.
@@ -37,6 +46,8 @@ echo "gate rc=$? at $((SECONDS - T0)) s"; tail -9 "$OUT/gate.log"
   --modes ${MODES:-eager bf16 bf16_compile bf16_cudagraphs fp16} --rounds 2 --updates 5 \
   --json "$OUT/learner-h100.json" >"$OUT/bench.log" 2>&1
 echo "bench rc=$? at $((SECONDS - T0)) s"; tail -25 "$OUT/bench.log"
+[ -d /tmp/inductor-cache ] && tar -czf "$OUT/inductor-cache.tar.gz" -C /tmp inductor-cache \
+  && ls -la "$OUT/inductor-cache.tar.gz"
 
 # 3. The distributed runtime with a GPU learner, for what time is left.
 T=$(( $(left) - 25 ))
