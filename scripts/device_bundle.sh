@@ -33,19 +33,11 @@ fi
   --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 \
   -d "$DL" "${wheels[@]}"
-# Unpack keeping each file's mode (python -m zipfile drops it: Ray's gcs_server and raylet would
-# not be executable).
-"$PY" - "$SITE" "$DL"/*.whl <<'EOF'
-import os, sys, zipfile
-site = sys.argv[1]
-for wheel in sys.argv[2:]:
-    with zipfile.ZipFile(wheel) as z:
-        for info in z.infolist():
-            path = z.extract(info, site)
-            mode = (info.external_attr >> 16) & 0o777
-            if mode and not info.is_dir():
-                os.chmod(path, mode)
-EOF
+# pip installs the cp312 wheels into the tree (keeping file modes: Ray's gcs_server and raylet
+# must stay executable, which `python -m zipfile` does not do).
+"$PY" -m pip install -q --no-deps --no-compile --only-binary=:all: --python-version 3.12 \
+  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --target "$SITE" "$DL"/*.whl
 # What DisWM never loads: dm_control's locomotion/dog assets and tests, MuJoCo's studio and
 # headers, PyOpenGL's windowing toolkits; Ray's Java jars and libraries above its core.
 rm -rf "$SITE"/dm_control/{locomotion/soccer,locomotion/walkers,locomotion/arenas,blender} \
