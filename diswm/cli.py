@@ -294,10 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench_actors)
     p = bench_sub.add_parser("learner", help="learner updates/s and peak memory: eager vs faster")
     p.add_argument("--sizes", nargs="+", default=["defaults", "debug"],
-                   choices=("defaults", "debug"), help="model sizes (defaults: batch 50x50)")
-    p.add_argument("--modes", nargs="+", default=["eager", "channels_last", "bf16", "bf16_compile"],
+                   choices=("defaults", "debug", "debug_dreamerv2"),
+                   help="model sizes (defaults: batch 50x50; debug_dreamerv2: the debug size with "
+                        "DreamerV2's conv encoder/decoder)")
+    p.add_argument("--modes", nargs="+",
+                   default=["eager", "channels_last", "bf16", "bf16_compile", "fastconv_compile"],
                    choices=("eager", "channels_last", "compile", "bf16", "bf16_compile", "fp16",
-                            "bf16_cudagraphs"),
+                            "bf16_cudagraphs", "fastconv", "fastconv_compile"),
                    help="eager (fp32, NCHW) is the baseline; fp16 and bf16_cudagraphs run only "
                         "on CUDA")
     p.add_argument("--updates", type=int, default=1, help="updates per case per round")

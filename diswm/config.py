@@ -182,6 +182,9 @@ class TrainConfig:
     compile_mode: str = field(default="default", metadata=_choices(
         "default", "reduce-overhead", "max-autotune-no-cudagraphs"))
     channels_last: bool = True  # channels-last memory format in the conv stacks (measured faster)
+    # CPU only: stride-2 (transposed) convs computed the way oneDNN is fast at (diswm/models/
+    # fastconv.py; same functions and gradients); False = torch.nn's convolutions
+    fast_convs: bool = True
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from diswm.models import (
     make_teacher,
 )
 from diswm.models.compiled import Compiled
+from diswm.models.fastconv import set_fast
 from diswm.models.losses import distill_kl
 from diswm.models.nets import BetaVAEEncoder, preprocess_image, resolve_device
 from diswm.models.precision import Group, backward_and_step, resolve_precision
@@ -84,6 +85,9 @@ class Learner:
                 if m is not None:
                     m.channels_last = True
                     m.to(memory_format=torch.channels_last)
+        for m in (self.wm, self.teacher):
+            if m is not None:
+                set_fast(m, cfg.train.fast_convs)
         self.log = log or (lambda msg: None)
         # Hot paths (diswm/models/compiled.py): eager unless train.compile; the first update
         # compiles them, and its time is kept apart (compile_seconds).

@@ -1,7 +1,9 @@
 """`diswm bench learner`: learner updates/s, FLOP rate and peak memory per precision and mode.
 
 Cases: the default model size at batch 50 x 50 (the authors' released update takes about 12.5 s
-on this 2-core machine, timed interleaved with ours) and the `debug` preset, each in every mode:
+on this 2-core machine, timed interleaved with ours), the `debug` preset and (on request) the
+`debug` preset with the DreamerV2 baseline's conv encoder/decoder (`debug_dreamerv2`, what the
+CPU learning proof trains), each in every mode:
 
     eager          plain PyTorch: float32, NCHW, no compile (the baseline every ratio divides by)
     channels_last  float32, channels-last conv stacks
@@ -12,6 +14,9 @@ on this 2-core machine, timed interleaved with ours) and the `debug` preset, eac
     fp16           fp16 autocast with loss scaling (CUDA only)
     bf16_cudagraphs  bf16 + compile with CUDA graphs (train.compile_mode=reduce-overhead; CUDA
                    only)
+    fastconv       bf16 + channels-last with the CPU's fast stride-2 convs (train.fast_convs;
+                   diswm/models/fastconv.py); every other mode uses torch.nn's convolutions
+    fastconv_compile  fastconv + compile: the learner's CPU default under `--budget cpu`
 
 Per size and mode the report holds seconds per update, achieved GFLOP/s (the update's FLOPs
 counted once per size with `torch.utils.flop_counter.FlopCounterMode`), that rate as a fraction
@@ -39,7 +44,8 @@ import torch
 from diswm.bench.common import format_rate, interleaved_rates, write_report
 from diswm.config import load_config
 
-_PLAIN = ["train.precision=fp32", "train.channels_last=false", "train.compile=false"]
+_PLAIN = ["train.precision=fp32", "train.channels_last=false", "train.compile=false",
+          "train.fast_convs=false"]
 MODES = {
     "eager": _PLAIN,
     "channels_last": [*_PLAIN, "train.channels_last=true"],
@@ -50,11 +56,15 @@ MODES = {
     "fp16": [*_PLAIN, "train.channels_last=true", "train.precision=fp16"],
     "bf16_cudagraphs": [*_PLAIN, "train.channels_last=true", "train.precision=bf16",
                         "train.compile=true", "train.compile_mode=reduce-overhead"],
+    "fastconv": [*_PLAIN, "train.channels_last=true", "train.precision=bf16",
+                 "train.fast_convs=true"],
+    "fastconv_compile": [*_PLAIN, "train.channels_last=true", "train.precision=bf16",
+                         "train.compile=true", "train.fast_convs=true"],
 }
 DTYPE_OF_MODE = {"eager": "fp32", "channels_last": "fp32", "compile": "fp32", "bf16": "bf16",
                  "bf16_compile": "bf16", "fp16": "fp16",
-                 "bf16_cudagraphs": "bf16"}
-SIZES = {"defaults": [], "debug": ["debug"]}
+                 "bf16_cudagraphs": "bf16", "fastconv": "bf16", "fastconv_compile": "bf16"}
+SIZES = {"defaults": [], "debug": ["debug"], "debug_dreamerv2": ["debug", "dreamerv2"]}
 #: The authors' released update at 50 x 50 on this 2-core machine (timed interleaved with ours in
 #: one process: 12.3-12.8 s, while our fp32 channels-last update took 8.2-8.3 s).
 AUTHORS_SECONDS = 12.5

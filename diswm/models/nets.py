@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from diswm.models import fastconv
 from diswm.models.precision import fp32
 
 
@@ -77,11 +78,11 @@ class BetaVAEEncoder(nn.Module):
         d = depth
         self.embed_dim = 8 * d
         self.convs = nn.Sequential(
-            nn.Conv2d(3, d, 4, 2, 1), nn.ELU(),
-            nn.Conv2d(d, d, 4, 2, 1), nn.ELU(),
-            nn.Conv2d(d, 2 * d, 4, 2, 1), nn.ELU(),
-            nn.Conv2d(2 * d, 2 * d, 4, 2, 1), nn.ELU(),
-            nn.Conv2d(2 * d, 8 * d, size // 16, 1), nn.ELU(),  # -> (8d, 1, 1)
+            fastconv.Conv2d(3, d, 4, 2, 1), nn.ELU(),
+            fastconv.Conv2d(d, d, 4, 2, 1), nn.ELU(),
+            fastconv.Conv2d(d, 2 * d, 4, 2, 1), nn.ELU(),
+            fastconv.Conv2d(2 * d, 2 * d, 4, 2, 1), nn.ELU(),
+            fastconv.Conv2d(2 * d, 8 * d, size // 16, 1), nn.ELU(),  # -> (8d, 1, 1)
         )
         self.head = nn.Linear(8 * d, 2 * z_dim)
         self.z_dim = z_dim
@@ -124,11 +125,11 @@ class ImageDecoder(nn.Module):
         d = depth
         self.fc = nn.Sequential(nn.Linear(feat_dim, z_dim), nn.ELU(), nn.Linear(z_dim, 8 * d), nn.ELU())
         self.deconvs = nn.Sequential(
-            nn.ConvTranspose2d(8 * d, 2 * d, size // 16, 1), nn.ELU(),
-            nn.ConvTranspose2d(2 * d, 2 * d, 4, 2, 1), nn.ELU(),
-            nn.ConvTranspose2d(2 * d, d, 4, 2, 1), nn.ELU(),
-            nn.ConvTranspose2d(d, d, 4, 2, 1), nn.ELU(),
-            nn.ConvTranspose2d(d, 3, 4, 2, 1),
+            fastconv.ConvTranspose2d(8 * d, 2 * d, size // 16, 1), nn.ELU(),
+            fastconv.ConvTranspose2d(2 * d, 2 * d, 4, 2, 1), nn.ELU(),
+            fastconv.ConvTranspose2d(2 * d, d, 4, 2, 1), nn.ELU(),
+            fastconv.ConvTranspose2d(d, d, 4, 2, 1), nn.ELU(),
+            fastconv.ConvTranspose2d(d, 3, 4, 2, 1),
         )
         self.channels_last = False
         kaiming_init(self)
@@ -162,10 +163,10 @@ class ConvEncoder(nn.Module):
             raise ValueError(f"model.encoder=conv (DreamerV2's) needs 64x64 frames, got {size}")
         d = depth
         self.convs = nn.Sequential(
-            nn.Conv2d(3, d, 4, 2), nn.ELU(),
-            nn.Conv2d(d, 2 * d, 4, 2), nn.ELU(),
-            nn.Conv2d(2 * d, 4 * d, 4, 2), nn.ELU(),
-            nn.Conv2d(4 * d, 8 * d, 4, 2), nn.ELU(),  # -> (8d, 2, 2)
+            fastconv.Conv2d(3, d, 4, 2), nn.ELU(),
+            fastconv.Conv2d(d, 2 * d, 4, 2), nn.ELU(),
+            fastconv.Conv2d(2 * d, 4 * d, 4, 2), nn.ELU(),
+            fastconv.Conv2d(4 * d, 8 * d, 4, 2), nn.ELU(),  # -> (8d, 2, 2)
         )
         self.depth = d
         self.channels_last = False
@@ -203,10 +204,10 @@ class ConvDecoder(nn.Module):
         d = depth
         self.fc = nn.Linear(feat_dim, 32 * d)
         self.deconvs = nn.Sequential(
-            nn.ConvTranspose2d(32 * d, 4 * d, 5, 2), nn.ELU(),
-            nn.ConvTranspose2d(4 * d, 2 * d, 5, 2), nn.ELU(),
-            nn.ConvTranspose2d(2 * d, d, 6, 2), nn.ELU(),
-            nn.ConvTranspose2d(d, 3, 6, 2),
+            fastconv.ConvTranspose2d(32 * d, 4 * d, 5, 2), nn.ELU(),
+            fastconv.ConvTranspose2d(4 * d, 2 * d, 5, 2), nn.ELU(),
+            fastconv.ConvTranspose2d(2 * d, d, 6, 2), nn.ELU(),
+            fastconv.ConvTranspose2d(d, 3, 6, 2),
         )
         self.channels_last = False
         _glorot(self)
