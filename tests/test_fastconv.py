@@ -64,7 +64,7 @@ def test_fast_layer_equals_torch_nn_in_float64(spec):
         grad = torch.randn_like(m(x))
     got = outputs_and_grads(m, x, grad, fast=True)
     ref = outputs_and_grads(m, x, grad, fast=False)
-    for name, g, r in zip(("output", "input grad", "weight grad", "bias grad"), got, ref):
+    for name, g, r in zip(("output", "input grad", "weight grad", "bias grad"), got, ref, strict=True):
         assert g.shape == r.shape and g.dtype == r.dtype, name
         assert rel_err(g, r) < 1e-12, f"{name}: relative error {rel_err(g, r):.2e}"
 
@@ -89,7 +89,7 @@ def test_fast_layer_under_bf16_autocast_matches_torch_nn(spec):
     ref = outputs_and_grads(m, x, grad, fast=False, autocast=True)
     # Autocast's dtypes: a bf16 output, float32 gradients for the float32 input and weights.
     assert [t.dtype for t in got] == [t.dtype for t in ref] == [torch.bfloat16] + [torch.float32] * 3
-    for name, g, r in zip(("output", "input grad", "weight grad", "bias grad"), got, ref):
+    for name, g, r in zip(("output", "input grad", "weight grad", "bias grad"), got, ref, strict=True):
         assert rel_err(g, r) < 3e-2, f"{name}: relative error {rel_err(g, r):.2e}"
 
 
@@ -144,7 +144,7 @@ def test_compiled_nets_with_fast_convs_match_eager_torch_nn(kind):
     ref_loss, ref_grads = run(fast=False, compiled=False)
     loss, grads = run(fast=True, compiled=True)
     assert loss == pytest.approx(ref_loss, rel=2e-2)
-    for g, r in zip(grads, ref_grads):
+    for g, r in zip(grads, ref_grads, strict=True):
         assert rel_err(g, r) < 5e-2
 
 

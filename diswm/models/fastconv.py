@@ -45,17 +45,18 @@ def _bias_grad(grad: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def conv_transpose2d_phases(x: Tensor, weight: Tensor, padding: int,
-                            out_hw: tuple[int, int]) -> Tensor:
-    """`F.conv_transpose2d(x, weight, stride=2, padding=padding)` (no bias) as one stride-1
+                            out_hw: tuple[int, int], bias: Tensor | None = None) -> Tensor:
+    """`F.conv_transpose2d(x, weight, bias, stride=2, padding=padding)` as one stride-1
     convolution over the 4 output phases, interleaved and cropped to `out_hw` (zero-padded at
-    the bottom/right where `out_hw` asks for rows no input reaches: output padding)."""
+    the bottom/right where `out_hw` asks for rows no input reaches, which happens only for the
+    bias-free input gradients: output padding)."""
     cin, cout, k, _ = weight.shape
     taps = (k + 1) // 2
     # Kernel tap 2j + a -> (j, a); taps beyond k are zeros. Flip j: convolution -> correlation.
     w = F.pad(weight, (0, 2 * taps - k, 0, 2 * taps - k))
     w = w.reshape(cin, cout, taps, 2, taps, 2).flip(2, 4)
     w = w.permute(3, 5, 1, 0, 2, 4).reshape(4 * cout, cin, taps, taps)  # channels (a, b, cout)
-    y = F.conv2d(x, w, None, padding=taps - 1)
+    y = F.conv2d(x, w, None if bias is None else bias.repeat(4), padding=taps - 1)
     n, _, hp, wp = y.shape
     # Interleave the phases through the NHWC view: channels-last in, channels-last out.
     y = y.permute(0, 2, 3, 1).reshape(n, hp, wp, 2, 2, cout).permute(0, 1, 3, 2, 4, 5)
@@ -77,9 +78,8 @@ class _ConvTranspose2dS2(torch.autograd.Function):
         k = weight.shape[-1]
         out_hw = ((x.shape[-2] - 1) * 2 - 2 * padding + k, (x.shape[-1] - 1) * 2 - 2 * padding + k)
         with torch.autocast("cpu", enabled=False):
-            y = conv_transpose2d_phases(xc, wc, padding, out_hw)
-            if bias is not None:
-                y = y + bias.to(dtype)[:, None, None]
+            y = conv_transpose2d_phases(xc, wc, padding, out_hw,
+                                        None if bias is None else bias.to(dtype))
         ctx.save_for_backward(xc, wc)
         ctx.padding, ctx.x_dtype, ctx.w_dtype = padding, x.dtype, weight.dtype
         ctx.has_bias = bias is not None
