@@ -68,21 +68,27 @@ def conv_transpose2d_phases(x: Tensor, weight: Tensor, padding: int,
     return y.permute(0, 3, 1, 2)
 
 
-class _ConvTranspose2dS2(torch.autograd.Function):
-    """Stride-2 transposed convolution: phases forward; input gradient by a stride-2 conv."""
+class _Stride2Conv(torch.autograd.Function):
+    """A stride-2 convolution (`transposed=False`: oneDNN forward, input gradient by the phases
+    transposed conv) or transposed convolution (`transposed=True`: phases forward, input
+    gradient by a stride-2 conv). Weight gradients are oneDNN's, requested alone."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, padding: int,
+                transposed: bool) -> Tensor:
         dtype = _compute_dtype(x)
         xc, wc = x.to(dtype), weight.to(dtype)
-        k = weight.shape[-1]
-        out_hw = ((x.shape[-2] - 1) * 2 - 2 * padding + k, (x.shape[-1] - 1) * 2 - 2 * padding + k)
+        bc = None if bias is None else bias.to(dtype)
         with torch.autocast("cpu", enabled=False):
-            y = conv_transpose2d_phases(xc, wc, padding, out_hw,
-                                        None if bias is None else bias.to(dtype))
+            if transposed:
+                k = weight.shape[-1]
+                out_hw = tuple((n - 1) * 2 - 2 * padding + k for n in x.shape[-2:])
+                y = conv_transpose2d_phases(xc, wc, padding, out_hw, bc)
+            else:
+                y = F.conv2d(xc, wc, bc, stride=2, padding=padding)
         ctx.save_for_backward(xc, wc)
-        ctx.padding, ctx.x_dtype, ctx.w_dtype = padding, x.dtype, weight.dtype
-        ctx.has_bias = bias is not None
+        ctx.padding, ctx.transposed, ctx.has_bias = padding, transposed, bias is not None
+        ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
         return y
 
     @staticmethod
@@ -93,45 +99,15 @@ class _ConvTranspose2dS2(torch.autograd.Function):
         gx = gw = gb = None
         with torch.autocast("cpu", enabled=False):
             if ctx.needs_input_grad[0]:
-                gx = F.conv2d(grad, wc, None, stride=2, padding=p).to(ctx.x_dtype)
+                gx = (F.conv2d(grad, wc, None, stride=2, padding=p) if ctx.transposed
+                      else conv_transpose2d_phases(grad, wc, p, tuple(xc.shape[-2:])))
+                gx = gx.to(ctx.x_dtype)
             if ctx.needs_input_grad[1]:
-                gw = _conv_backward(grad, xc, wc, None, [2, 2], [p, p], [1, 1], True, [0, 0], 1,
-                                    [False, True, False])[1].to(ctx.w_dtype)
+                gw = _conv_backward(grad, xc, wc, None, [2, 2], [p, p], [1, 1], ctx.transposed,
+                                    [0, 0], 1, [False, True, False])[1].to(ctx.w_dtype)
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 gb = _bias_grad(grad, ctx.w_dtype)
-        return gx, gw, gb, None
-
-
-class _Conv2dS2(torch.autograd.Function):
-    """Stride-2 convolution: oneDNN forward; input gradient by the phases transposed conv."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:
-        dtype = _compute_dtype(x)
-        xc, wc = x.to(dtype), weight.to(dtype)
-        with torch.autocast("cpu", enabled=False):
-            y = F.conv2d(xc, wc, None if bias is None else bias.to(dtype), stride=2,
-                         padding=padding)
-        ctx.save_for_backward(xc, wc)
-        ctx.padding, ctx.x_dtype, ctx.w_dtype = padding, x.dtype, weight.dtype
-        ctx.has_bias = bias is not None
-        return y
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        xc, wc = ctx.saved_tensors
-        p = ctx.padding
-        grad = grad.to(xc.dtype)
-        gx = gw = gb = None
-        with torch.autocast("cpu", enabled=False):
-            if ctx.needs_input_grad[0]:
-                gx = conv_transpose2d_phases(grad, wc, p, tuple(xc.shape[-2:])).to(ctx.x_dtype)
-            if ctx.needs_input_grad[1]:
-                gw = _conv_backward(grad, xc, wc, None, [2, 2], [p, p], [1, 1], False, [0, 0], 1,
-                                    [False, True, False])[1].to(ctx.w_dtype)
-            if ctx.has_bias and ctx.needs_input_grad[2]:
-                gb = _bias_grad(grad, ctx.w_dtype)
-        return gx, gw, gb, None
+        return gx, gw, gb, None, None
 
 
 def _plain_stride2(m: nn.Conv2d | nn.ConvTranspose2d) -> bool:
@@ -152,7 +128,7 @@ class Conv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fast and self._fast_shape and x.device.type == "cpu" and x.dim() == 4:
-            return _Conv2dS2.apply(x, self.weight, self.bias, self.padding[0])
+            return _Stride2Conv.apply(x, self.weight, self.bias, self.padding[0], False)
         return super().forward(x)
 
 
@@ -173,7 +149,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
             if self._matmul_shape and x.shape[-2:] == (1, 1):
                 return self._from_point(x)
             if self._fast_shape:
-                return _ConvTranspose2dS2.apply(x, self.weight, self.bias, self.padding[0])
+                return _Stride2Conv.apply(x, self.weight, self.bias, self.padding[0], True)
         return super().forward(x, output_size)
 
     def _from_point(self, x: Tensor) -> Tensor:
