@@ -23,7 +23,7 @@ SITE=$(mktemp -d)
 trap 'rm -rf "$DL" "$SITE"' EXIT
 wheels=("mujoco==$(pin mujoco)" "dm-control==$(pin dm-control)" dm-env==1.6 dm-tree==0.1.10
         PyOpenGL==3.1.10 glfw==2.11.0 websockets==17.4 "redis==$(pin redis)"
-        "hiredis==$(pin hiredis)" "lz4==$(pin lz4)")
+        "hiredis==$(pin hiredis)" "lz4==$(pin lz4)" "zstandard==$(pin zstandard)")
 if [ -n "${WITH_RAY:-}" ]; then
   wheels+=("ray==$(pin ray)" jsonschema==4.26.0 jsonschema-specifications==2025.9.1
            referencing==0.37.0 rpds-py==2026.9.1)

@@ -9,11 +9,14 @@
 #      when the call's time is nearly up.
 # Carry: .whl (WITH_RAY=1 scripts/device_bundle.sh), .gl, and .inductor if a past call left a
 # cache. Results land in $OUT. Knobs: NO_GATE=1, NO_BENCH=1, NO_DIST=1, SIZES, MODES, BENCH_S (bench's
-# limit), COMPILE (the distributed run's train.compile), EVAL_EVERY, BUDGET (the call's seconds).
+# limit), COMPILE (the distributed run's train.compile), EVAL_EVERY, BUDGET (the call's seconds),
+# REPLAY=1 (first, `diswm bench replay` and `--shards 1 2 3` on the machine's 16 cores, issue 14;
+# WRITERS: its writer processes, 4 by default).
 #
 #   run(command="bash scripts/gpu_check.sh", carry=[".whl", ".gl", ".inductor"], timeout_s=600)
 # The H100 compiled figure (issue 10), cold: a cold compile needs ~4 minutes, so give the bench
 # the call:  NO_GATE=1 NO_DIST=1 SIZES=defaults MODES="eager bf16_compile" BENCH_S=480
+# With the replay benches first (about 3 minutes): REPLAY=1 ... BENCH_S=380
 set -u
 T0=$SECONDS
 BUDGET=${BUDGET:-575}
@@ -37,6 +40,16 @@ export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cache
 [ -f .inductor/inductor-cache.tar.gz ] && tar -C /tmp -xzf .inductor/inductor-cache.tar.gz \
   && echo "inductor cache: $(du -sh /tmp/inductor-cache | cut -f1) carried in"
 echo "setup done at $((SECONDS - T0)) s"
+
+# 0. The replay benches (CPU and Redis only; run before anything else loads the cores).
+if [ -n "${REPLAY:-}" ]; then
+  timeout 60 python3 -m diswm bench replay --json "$OUT/replay-16cores.json" >"$OUT/replay.log" 2>&1
+  echo "replay rc=$? at $((SECONDS - T0)) s"; tail -12 "$OUT/replay.log"
+  timeout 100 python3 -m diswm bench replay --shards 1 2 3 --writers ${WRITERS:-4} \
+    --json "$OUT/replay-shards-16cores.json" \
+    >"$OUT/shards.log" 2>&1
+  echo "shards rc=$? at $((SECONDS - T0)) s"; tail -12 "$OUT/shards.log"
+fi
 
 # 1. The precision gate on CUDA.
 if [ -z "${NO_GATE:-}" ]; then
