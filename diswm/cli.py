@@ -312,16 +312,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from diswm import signals
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    signals.stop_on_sigterm()  # SIGTERM stops a command as Ctrl-C does: cleanup runs
     try:
         return int(args.func(args) or 0)
     except (ConfigError, ValueError, OSError, NamespaceHeld, RunFailed) as err:
-        print(f"diswm: error: {err}", file=sys.stderr)
-        return 2
+        if not signals.terminated():  # a stop by SIGTERM can surface as any of these
+            print(f"diswm: error: {err}", file=sys.stderr)
+            return 2
     except KeyboardInterrupt:
-        print("diswm: interrupted", file=sys.stderr)
-        return 130
+        if not signals.terminated():
+            print("diswm: interrupted", file=sys.stderr)
+            return 130
+    print("diswm: terminated (SIGTERM)", file=sys.stderr)
+    return 143
 
 
 if __name__ == "__main__":

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diswm import signals
 from diswm.config import Config, ConfigError, build_config, replace
 from diswm.envs import make_env
 from diswm.rollout import CheckpointPolicy, RandomPolicy, concat_episodes, file_digest, run_episode
+from diswm.signals import ray_init
 from pretrain.shards import (
     FORMAT,
     MANIFEST,
@@ -208,7 +210,7 @@ class _RayRunner:
             import logging
 
             # address="local": our own instance, never a stray cluster this machine last ran
-            ray.init(address="local", num_cpus=workers, include_dashboard=False,
+            ray_init(address="local", num_cpus=workers, include_dashboard=False,
                      logging_level=logging.WARNING, log_to_driver=False)
         self._remote = ray.remote(num_cpus=1, max_retries=2)(collect_shard)
         self._in_flight = 2 * workers
@@ -222,6 +224,7 @@ class _RayRunner:
                 spec = queue.pop(0)
                 pending[self._remote.remote(*args, spec, policy_path, codec)] = spec
             ready, _ = ray.wait(list(pending), num_returns=1)
+            signals.check()  # Ray can swallow the KeyboardInterrupt of a SIGTERM
             spec = pending.pop(ready[0])
             try:
                 yield ray.get(ready[0])

@@ -51,9 +51,11 @@ class RedisServer:
     def __init__(self, directory: str | Path, *, host: str = "127.0.0.1", port: int = 0,
                  password: str = "", persistence: str = "aof", fsync: str = "everysec",
                  maxmemory_bytes: int = 0, executable: str = "redis-server",
-                 supervise: bool = False, cluster: bool = False):
+                 supervise: bool = False, cluster: bool = False, follow_parent: bool = False):
         """`supervise` runs redis-server under replay_service/supervisor.py, which restarts it
-        with the same config (port, password, AOF) whenever it dies abnormally. `cluster` starts
+        with the same config (port, password, AOF) whenever it dies abnormally; with
+        `follow_parent` the supervisor also stops it once this process is gone (a run's own
+        Redis; not a `cluster up`, which outlives its command). `cluster` starts
         it as a Redis Cluster node (replay_service/shards.py forms the cluster): its bus on its
         own free port, its cluster state in ``<dir>/nodes.conf``, serving its slots while
         another node is down."""
@@ -71,6 +73,7 @@ class RedisServer:
             raise FileNotFoundError(
                 "redis-server not found; `make install` installs Debian's redis-server")
         self.supervise = supervise
+        self.follow_parent = follow_parent
         self.cluster = cluster
         self.cluster_port = 0  # the cluster bus port, picked once (a restart keeps it)
         self._proc: subprocess.Popen | None = None  # redis-server, or its supervisor
@@ -126,6 +129,8 @@ class RedisServer:
             if self.supervise:
                 cmd = [sys.executable, "-m", "replay_service.supervisor", str(conf),
                        "--dir", str(self.dir), "--executable", self.executable]
+                if self.follow_parent:
+                    cmd += ["--parent", str(os.getpid())]
             self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file,
                                           start_new_session=True, cwd=_REPO_ROOT)
         deadline = time.monotonic() + timeout

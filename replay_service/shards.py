@@ -86,7 +86,8 @@ class LocalRedisCluster:
 
     def __init__(self, directory: str | Path, shards: int, *, host: str = "127.0.0.1",
                  password: str = "", persistence: str = "aof", fsync: str = "everysec",
-                 maxmemory_bytes: int = 0, supervise: bool = False):
+                 maxmemory_bytes: int = 0, supervise: bool = False,
+                 follow_parent: bool = False):
         if shards < 1:
             raise ValueError(f"a cluster needs at least one shard, got {shards}")
         self.dir = Path(directory).resolve()
@@ -97,6 +98,7 @@ class LocalRedisCluster:
         self.nodes = [RedisServer(self.dir / f"node{k}", host=host, port=ports.get(k, 0),
                                   password=self.password, persistence=persistence, fsync=fsync,
                                   maxmemory_bytes=maxmemory_bytes, supervise=supervise,
+                                  follow_parent=follow_parent,
                                   cluster=True)
                       for k in range(shards)]
         for k, node in enumerate(self.nodes):

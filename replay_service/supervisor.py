@@ -9,14 +9,21 @@ doubles from 0.5 s to 5 s and resets once it has run for a minute; each restart 
 ``DIR/supervisor.log`` and counted in ``DIR/supervisor.restarts``. A clean exit (Redis's
 SHUTDOWN, which `RedisServer.stop` and `cluster down` send) ends the supervisor too; SIGTERM to
 the supervisor is passed on to redis-server (which then persists per its config) and ends both.
+
+With ``--parent PID`` (a run's own Redis, which must not outlive the run) the supervisor follows
+the process that started it: once that process is gone, killed outright or crashed before it
+could stop Redis, the supervisor stops redis-server as SIGTERM would, and logs why. A cluster
+started by `diswm cluster up` outlives the command, so it is started without it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,7 +34,16 @@ def _log(directory: Path, message: str) -> None:
         f.write(f"{stamp} {message}\n")
 
 
-def supervise(executable: str, conf: Path, directory: Path) -> int:
+def _follow(parent: int, directory: Path, every: float = 1.0) -> None:
+    """SIGTERM to this process once `parent` is no longer its parent (it died: the orphan is
+    re-parented), which stops redis-server through the handler below."""
+    while os.getppid() == parent:
+        time.sleep(every)  # polling: Linux gives no portable event for a parent's death
+    _log(directory, f"parent process {parent} is gone; stopping redis-server")
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def supervise(executable: str, conf: Path, directory: Path, parent: int = 0) -> int:
     stopping = False
     child: subprocess.Popen | None = None
 
@@ -39,6 +55,8 @@ def supervise(executable: str, conf: Path, directory: Path) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    if parent:
+        threading.Thread(target=_follow, args=(parent, directory), daemon=True).start()
     restarts, delay = 0, 0.5
     while True:
         with (directory / "redis.stderr").open("ab") as err:
@@ -72,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("conf", type=Path)
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--executable", default="redis-server")
+    parser.add_argument("--parent", type=int, default=0,
+                        help="stop redis-server once this process (the starter) is gone")
     args = parser.parse_args(argv)
-    return supervise(args.executable, args.conf, args.dir)
+    return supervise(args.executable, args.conf, args.dir, args.parent)
 
 
 if __name__ == "__main__":

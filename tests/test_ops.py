@@ -378,3 +378,157 @@ def test_a_failed_cluster_up_leaves_nothing_running(tmp_path):
     assert head, "the Ray head had started (its log has its address)"
     assert not _listening("127.0.0.1", redis_port), "redis-server still running"
     assert not _listening(head.group(1), int(head.group(2))), "Ray head still running"
+
+
+# -- signals: `diswm run` stopped by SIGTERM (systemd, timeout, a scheduler) or killed ----------
+def _processes_naming(text: str) -> dict[int, str]:
+    """Live processes whose command line mentions `text` (redis-server and its supervisor carry
+    the run folder in theirs)."""
+    from pathlib import Path
+
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found[int(entry.name)] = cmdline
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_until(predicate, timeout: float, poll: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll)  # polling with a deadline
+    return predicate()
+
+
+def _start_run(run, *extra: str):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diswm", "run", "--config", "tiny", "--skip-pretrain",
+         "--run-dir", str(run), "--set", "train.steps=100000", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root, env=env,
+        start_new_session=True)
+    ready = _wait_until(lambda: (run / "cluster.json").exists() or proc.poll() is not None, 240)
+    assert ready and proc.poll() is None, "diswm run did not come up"
+    return proc
+
+
+def _leftovers(run, proc, redis_pid: int) -> dict[int, str]:
+    """What is still running of `run`: its supervisor and redis-server (which renames itself,
+    so it is found by pid); kills them and the run's process group, so that a failing test
+    leaves nothing behind."""
+    left = _processes_naming(str(run))
+    if _alive(redis_pid):
+        left[redis_pid] = "redis-server"
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return left
+
+
+@pytest.mark.parametrize("when", ["cluster up", "roles up"])
+def test_sigterm_stops_a_run_in_one_line_and_leaves_nothing_running(tmp_path, when):
+    """SIGTERM to `diswm run` (systemd, `timeout`, a batch scheduler) aborted it (exit -6, no
+    message: Ray's handler calls sys.exit inside the driver) and left its redis-server and the
+    supervisor running. Now it stops like Ctrl-C: actors and learner stop, Redis shuts down,
+    one `diswm:` line, exit 143."""
+    import subprocess
+
+    run = tmp_path / "run"
+    proc = _start_run(run)
+    redis_pid = int((run / "redis" / "redis.pid").read_text())
+    try:
+        if when == "roles up":  # the learner writes its CSV once it trains
+            assert _wait_until(lambda: (run / "train.csv").exists() or proc.poll() is not None,
+                               300), "the learner did not start"
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=150)
+        except subprocess.TimeoutExpired:
+            pytest.fail("diswm run did not stop within 150 s of SIGTERM")
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert proc.returncode == 143, (proc.returncode, err[-3000:])
+        assert lines[-1] == "diswm: terminated (SIGTERM)", lines[-5:]
+        assert "Traceback" not in err, err[-3000:]
+        assert _wait_until(lambda: not _processes_naming(str(run)) and not _alive(redis_pid), 30)
+    finally:
+        left = _leftovers(run, proc, redis_pid)
+    assert not left, f"still running after SIGTERM: {left}"
+
+
+def test_a_killed_run_takes_its_redis_down(tmp_path):
+    """`diswm run` killed outright (SIGKILL, the OOM killer) left its supervised redis-server
+    running for good (password-protected, but holding a port and memory). The supervisor of a
+    run's own Redis now follows its parent: it stops redis-server (which persists per its
+    config) once the process that started it is gone."""
+    run = tmp_path / "run"
+    proc = _start_run(run)
+    redis_pid = int((run / "redis" / "redis.pid").read_text())
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+        gone = _wait_until(lambda: not _processes_naming(str(run)) and not _alive(redis_pid), 30)
+        log = run / "redis" / "supervisor.log"
+        said = log.read_text() if log.exists() else ""
+    finally:
+        left = _leftovers(run, proc, redis_pid)
+    assert gone, f"still running 30 s after the run was killed: {left}"
+    assert "parent process" in said and "is gone" in said, said
+
+
+def test_a_sigterm_inside_a_ctypes_callback_is_not_lost_or_printed():
+    """A SIGTERM that lands while MuJoCo calls back into Python (its warning hook) raised the
+    interrupt where Python cannot propagate it: it printed "Exception ignored ... Traceback"
+    and was lost. Now it prints nothing there, and `signals.check()` raises it afterwards."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import ctypes, os, signal, sys
+from diswm import signals
+signals.stop_on_sigterm()
+@ctypes.CFUNCTYPE(None)
+def callback():
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(1000):  # the handler runs at a bytecode boundary in here
+        pass
+callback()
+print("carried on", flush=True)
+try:
+    signals.check()
+except KeyboardInterrupt:
+    sys.exit(143)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout == "carried on\n"
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr == ""

@@ -25,6 +25,7 @@ from typing import Any
 from diswm.config import Config, build_config
 from diswm.control import NamespaceLease, RunFailed
 from diswm.runfolder import private_dir
+from diswm.signals import ray_init
 from diswm.supervision import one_line
 from replay_service.client import ReplaySampler, ReplaySpec, read_meta
 from replay_service.server import RedisServer, read_or_create_password
@@ -84,7 +85,7 @@ class Cluster:
                 password=redis_password(cfg), persistence=cfg.replay.persistence,
                 fsync=cfg.replay.fsync,
                 maxmemory_bytes=redis_maxmemory(cfg) // cfg.replay.shards + (256 << 20),
-                supervise=True).start()
+                supervise=True, follow_parent=not detached).start()
             password, port = redis_server.password, redis_server.port
             nodes = tuple(f"{n.host}:{n.port}" for n in redis_server.nodes[1:])
         else:
@@ -93,7 +94,7 @@ class Cluster:
                                        persistence=cfg.replay.persistence,
                                        fsync=cfg.replay.fsync,
                                        maxmemory_bytes=redis_maxmemory(cfg),
-                                       supervise=True).start()
+                                       supervise=True, follow_parent=not detached).start()
             password, port = redis_server.password, redis_server.port
         spec = replace(ReplaySpec.from_config(cfg, port=port, password=password),
                        cluster_nodes=nodes)
@@ -102,9 +103,9 @@ class Cluster:
             address, head = start_ray_head(run_dir, num_cpus or ray_cpus(cfg))
         if not ray.is_initialized():
             if address:
-                ray.init(address=address, namespace=spec.namespace, log_to_driver=False)
+                ray_init(address=address, namespace=spec.namespace, log_to_driver=False)
             else:
-                ray.init(address="local",  # always our own instance, never a stray one
+                ray_init(address="local",  # always our own instance, never a stray one
                          num_cpus=num_cpus or ray_cpus(cfg), include_dashboard=False,
                          namespace=spec.namespace, log_to_driver=False)
         cluster = cls(cfg, run_dir, spec, detached=detached, redis=redis_server,
@@ -133,7 +134,7 @@ class Cluster:
         fields["cluster_nodes"] = tuple(fields.get("cluster_nodes", ()))
         spec = ReplaySpec(**fields)
         if not ray.is_initialized():
-            ray.init(address=state["ray_address"], namespace=spec.namespace, log_to_driver=False)
+            ray_init(address=state["ray_address"], namespace=spec.namespace, log_to_driver=False)
         cluster = cls(cfg, run_dir, spec, detached=True, ray_address=state["ray_address"])
         cluster.redis_pid = state.get("redis_pid")
         cluster.ray_head = state.get("ray_head")

@@ -33,6 +33,7 @@ def cmd_run(args: argparse.Namespace, cfg) -> int:
 
 
 def cmd_cluster_up(args: argparse.Namespace, cfg) -> int:
+    from diswm import signals
     from diswm.config import replace
     from diswm.runtime.cluster import STATE_FILE, Cluster, action_dim_of
 
@@ -52,6 +53,7 @@ def cmd_cluster_up(args: argparse.Namespace, cfg) -> int:
     try:
         cluster.start_learner(action_dim_of(cfg))
         names = cluster.scale(cfg.runtime.actors)
+        signals.check()  # a SIGTERM that Ray swallowed while the roles started
     except BaseException:
         # A failed start leaves nothing behind: no Redis, no Ray head, no state file.
         _err("cluster up failed; stopping what it started")
@@ -170,24 +172,17 @@ def cmd_replay_check(args: argparse.Namespace, cfg) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace, cfg) -> int:
-    import signal
-
     from diswm.runtime.monitor import start_prometheus, wait_ready
 
     run = Path(args.run_dir)
     if not (run / "config.yaml").is_file():
         raise ValueError(f"{run} is not a run folder (no config.yaml); point --run-dir at a "
                          "run or cluster folder")
-    proc = start_prometheus(args.run_dir, args.port)
-
-    def stop(*_):
-        raise KeyboardInterrupt  # SIGTERM (make, timeout, systemd) stops Prometheus too
-
-    signal.signal(signal.SIGTERM, stop)
-    wait_ready(args.port)
-    _err(f"Prometheus on http://127.0.0.1:{args.port} scraping {args.run_dir} "
-         "(Ctrl-C to stop); try: sum(rate(diswm_actor_env_steps_total[1m]))")
+    proc = start_prometheus(args.run_dir, args.port)  # SIGTERM stops it too (diswm.signals)
     try:
+        wait_ready(args.port)
+        _err(f"Prometheus on http://127.0.0.1:{args.port} scraping {args.run_dir} "
+             "(Ctrl-C to stop); try: sum(rate(diswm_actor_env_steps_total[1m]))")
         proc.wait()
     except KeyboardInterrupt:
         pass

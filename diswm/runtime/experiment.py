@@ -25,6 +25,7 @@ from typing import Any
 from diswm.config import Config, ConfigError, load_config, preset_names, replace
 from diswm.control import RunFailed
 from diswm.runfolder import private_dir
+from diswm.signals import ray_init
 
 METHODS: dict[str, tuple[str, ...]] = {
     "diswm": (), "dreamerv2": ("dreamerv2",), "dv2_finetune": ("dv2_finetune",),
@@ -162,7 +163,8 @@ def _run_concurrently(todo, runs, out: Path, parallel: int, retries: int,
                          "run them with replay.shards=1 (or one at a time: --parallel 1)")
     first_cfg = todo[0][1]
     redis = RedisServer(out / "redis", persistence=first_cfg.replay.persistence,
-                        fsync=first_cfg.replay.fsync, supervise=True).start()
+                        fsync=first_cfg.replay.fsync, supervise=True,
+                        follow_parent=True).start()
     password_file = out / "redis" / "redis.password"
     lock, failed = threading.Lock(), {}
     jobs: queue.Queue = queue.Queue()
@@ -174,7 +176,7 @@ def _run_concurrently(todo, runs, out: Path, parallel: int, retries: int,
                   for _, cfg, _, _, _ in todo)
     started = ray.is_initialized()
     if not started:  # room for `parallel` runs (oversubscribed on purpose, as ray_cpus does)
-        ray.init(address="local", include_dashboard=False, log_to_driver=False,
+        ray_init(address="local", include_dashboard=False, log_to_driver=False,
                  num_cpus=max(os.cpu_count() or 1, int(per_run * min(parallel, len(todo)))),
                  namespace=f"experiment-{out.name}")
     if per_run > ray.cluster_resources().get("CPU", 0.0):

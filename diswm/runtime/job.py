@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from diswm import signals
 from diswm.config import Config, replace
 from diswm.control import RunControl, RunFailed
 from diswm.runfolder import private_dir
@@ -98,6 +99,7 @@ def run_job(cfg: Config, run_dir: str | Path, *, teacher: str | None = None,
 
         control = RunControl(cluster.redis_client(), cluster.namespace)
         while True:
+            signals.check()  # a SIGTERM that Ray swallowed during the roles' start
             lines = ray.get(learner.progress_lines.remote(seen))
             seen += len(lines)
             for line in lines:
