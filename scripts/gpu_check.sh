@@ -11,7 +11,8 @@
 # cache. Results land in $OUT. Knobs: NO_GATE=1, NO_BENCH=1, NO_DIST=1, SIZES, MODES, BENCH_S (bench's
 # limit), COMPILE (the distributed run's train.compile), EVAL_EVERY, BUDGET (the call's seconds),
 # REPLAY=1 (first, `diswm bench replay` and `--shards 1 2 3` on the machine's 16 cores, issue 14;
-# WRITERS: its writer processes, 4 by default).
+# WRITERS: its writer processes, 4 by default; SAMPLE_THREADS: a list of replay.sample_threads
+# for the sample-path bench; NO_SHARDS=1 skips the shard bench).
 #
 #   run(command="bash scripts/gpu_check.sh", carry=[".whl", ".gl", ".inductor"], timeout_s=600)
 # The H100 compiled figure (issue 10), cold: a cold compile needs ~4 minutes, so give the bench
@@ -43,12 +44,16 @@ echo "setup done at $((SECONDS - T0)) s"
 
 # 0. The replay benches (CPU and Redis only; run before anything else loads the cores).
 if [ -n "${REPLAY:-}" ]; then
-  timeout 60 python3 -m diswm bench replay --json "$OUT/replay-16cores.json" >"$OUT/replay.log" 2>&1
-  echo "replay rc=$? at $((SECONDS - T0)) s"; tail -12 "$OUT/replay.log"
-  timeout 100 python3 -m diswm bench replay --shards 1 2 3 --writers ${WRITERS:-4} \
-    --json "$OUT/replay-shards-16cores.json" \
-    >"$OUT/shards.log" 2>&1
-  echo "shards rc=$? at $((SECONDS - T0)) s"; tail -12 "$OUT/shards.log"
+  for t in ${SAMPLE_THREADS:-0}; do  # replay.sample_threads (0: the default, 4 there)
+    timeout 60 python3 -m diswm bench replay --set replay.sample_threads=$t \
+      --json "$OUT/replay-16cores-t$t.json" >"$OUT/replay-t$t.log" 2>&1
+    echo "replay (sample_threads=$t) rc=$? at $((SECONDS - T0)) s"; tail -8 "$OUT/replay-t$t.log"
+  done
+  if [ -z "${NO_SHARDS:-}" ]; then
+    timeout 100 python3 -m diswm bench replay --shards 1 2 3 --writers ${WRITERS:-4} \
+      --json "$OUT/replay-shards-16cores.json" >"$OUT/shards.log" 2>&1
+    echo "shards rc=$? at $((SECONDS - T0)) s"; tail -12 "$OUT/shards.log"
+  fi
 fi
 
 # 1. The precision gate on CUDA.
