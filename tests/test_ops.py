@@ -532,3 +532,27 @@ except KeyboardInterrupt:
     assert proc.stdout == "carried on\n"
     assert proc.returncode == 143, proc.stderr
     assert proc.stderr == ""
+
+
+# -- alerting rules: the run speaks up in Prometheus -----------------------------------------
+def test_alert_rules_fire_on_their_failures_and_not_on_a_healthy_run(tmp_path):
+    """deploy/alerts.yml against synthetic series (tests/prometheus/alerts_test.yml): every
+    alert fires on the failure it names, with its labels and text, at the time its `for`
+    allows, and not on the healthy runs' series; the config `make monitor` writes loads them."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from diswm.runtime.monitor import prometheus_config
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not found: `make prometheus` installs Debian's prometheus"
+    here = Path(__file__).resolve().parent / "prometheus"
+    unit = subprocess.run([promtool, "test", "rules", "alerts_test.yml"], cwd=here,
+                          capture_output=True, text=True, timeout=120)
+    assert unit.returncode == 0 and "SUCCESS" in unit.stdout, unit.stdout + unit.stderr
+    config = prometheus_config(tmp_path)
+    check = subprocess.run([promtool, "check", "config", str(config)], capture_output=True,
+                           text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "9 rules found" in check.stdout, check.stdout

@@ -74,6 +74,14 @@ def test_actors_insert_learner_trains_and_weights_reach_actors(cluster):
     assert learner_stats(cluster)["error"] is None
 
 
+def _get_json(url: str) -> dict:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
 def test_prometheus_scrapes_a_positive_env_steps_rate(cluster):
     port = free_port()
     proc = start_prometheus(cluster.run_dir, port, scrape_interval="1s")
@@ -90,6 +98,10 @@ def test_prometheus_scrapes_a_positive_env_steps_rate(cluster):
         assert updates and float(updates[0]["value"][1]) > 0
         roles = {r["metric"]["role"] for r in query(port, "up == 1")}
         assert roles == {"learner", "actor"}
+        rules = _get_json(f"http://127.0.0.1:{port}/api/v1/rules")["data"]["groups"]
+        loaded = {r["name"]: r["health"] for g in rules for r in g["rules"]}
+        assert len(loaded) == 9 and "DiswmRunStalled" in loaded, loaded  # deploy/alerts.yml
+        assert all(health in ("ok", "unknown") for health in loaded.values()), loaded
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -1,7 +1,8 @@
 """`make monitor`: a real Prometheus server scraping a run's processes.
 
-The configuration is `deploy/prometheus.yml`; it is copied next to the run's `targets.json`
-(written by the runtime) so its relative file_sd path resolves there.
+The configuration is `deploy/prometheus.yml`, with the alerting rules of `deploy/alerts.yml`;
+both are copied next to the run's `targets.json` (written by the runtime) so that their relative
+paths resolve there.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 def prometheus_config(run_dir: str | Path, scrape_interval: str | None = None) -> Path:
-    """Write `<run_dir>/prometheus/prometheus.yml` from deploy/prometheus.yml."""
-    template = DEPLOY / "prometheus.yml"
-    if not template.exists():
-        raise FileNotFoundError(f"{template} is missing; run from a checkout of the project")
+    """Write `<run_dir>/prometheus/prometheus.yml` from deploy/prometheus.yml, and its rules."""
+    template, rules = DEPLOY / "prometheus.yml", DEPLOY / "alerts.yml"
+    for needed in (template, rules):
+        if not needed.exists():
+            raise FileNotFoundError(f"{needed} is missing; run from a checkout of the project")
     folder = Path(run_dir) / "prometheus"
     folder.mkdir(parents=True, exist_ok=True)
     text = template.read_text()
@@ -30,6 +32,7 @@ def prometheus_config(run_dir: str | Path, scrape_interval: str | None = None) -
         text = text.replace("refresh_interval: 5s", f"refresh_interval: {scrape_interval}")
     path = folder / "prometheus.yml"
     path.write_text(text)
+    shutil.copyfile(rules, folder / "alerts.yml")
     targets = folder / "targets.json"
     if not targets.exists():
         targets.write_text("[]\n")
