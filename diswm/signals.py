@@ -21,6 +21,7 @@ import sys
 import threading
 
 _received = False
+_stop_requested = False  # request_stop(): the main thread asks threads running jobs to stop
 _default_unraisable = sys.unraisablehook
 
 
@@ -55,11 +56,18 @@ def terminated() -> bool:
 
 
 def check() -> None:
-    """Raise KeyboardInterrupt if a SIGTERM arrived. Long loops call it: Ray swallows a
-    KeyboardInterrupt raised while some of its calls run (actor creation, for one), and the
-    loop would then carry on as if nothing had happened."""
-    if _received:
-        raise KeyboardInterrupt("SIGTERM")
+    """Raise KeyboardInterrupt if a SIGTERM arrived or a stop was requested. Long loops call it:
+    Ray swallows a KeyboardInterrupt raised while some of its calls run (actor creation, for
+    one), and a signal never reaches threads other than the main one."""
+    if _received or _stop_requested:
+        raise KeyboardInterrupt("SIGTERM" if _received else "stop requested")
+
+
+def request_stop() -> None:
+    """Make `check()` raise in every thread (the main thread, interrupted, stopping the jobs
+    its threads run: `diswm experiment --parallel`)."""
+    global _stop_requested
+    _stop_requested = True
 
 
 def ray_init(**kwargs):

@@ -556,3 +556,48 @@ def test_alert_rules_fire_on_their_failures_and_not_on_a_healthy_run(tmp_path):
                            text=True, timeout=120)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "9 rules found" in check.stdout, check.stdout
+
+
+def test_sigterm_stops_parallel_experiment_runs_each_with_its_final_checkpoint(tmp_path):
+    """`diswm experiment --parallel 2` runs its runs in threads. On SIGTERM the main thread shut
+    Ray down under them: the learners died without their final checkpoint and the threads
+    printed failures and retries. Now each run stops as a single run does (its learner
+    checkpoints), then the experiment exits 143 with one line and its Redis stops."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "exp"
+    runs = [out / "runs" / f"dreamerv2-seed{k}" for k in (0, 1)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diswm", "experiment", "finger_spin_to_cartpole_swingup",
+         "--methods", "dreamerv2", "--seeds", "2", "--parallel", "2", "--config", "tiny",
+         "--out", str(out), "--set", "train.steps=100000", "train.checkpoint_every=10000000",
+         "runtime.actors=1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True)
+    redis_pid = 0
+    try:
+        both = _wait_until(lambda: all((r / "train.csv").exists() for r in runs)
+                           or proc.poll() is not None, 400)
+        assert both and proc.poll() is None, "the two runs did not start training"
+        redis_pid = int((out / "redis" / "redis.pid").read_text())
+        assert not any((r / "checkpoints" / "latest.pt").exists() for r in runs)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=200)
+        except subprocess.TimeoutExpired:
+            pytest.fail("diswm experiment did not stop within 200 s of SIGTERM")
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert proc.returncode == 143, (proc.returncode, err[-3000:])
+        assert lines[-1] == "diswm: terminated (SIGTERM)", lines[-5:]
+        assert "Traceback" not in err and "retrying" not in err, err[-3000:]
+        for run in runs:  # written at the stop: periodic checkpoints are off
+            assert (run / "checkpoints" / "latest.pt").exists(), run
+        assert _wait_until(lambda: not _alive(redis_pid), 30)
+    finally:
+        left = _leftovers(out, proc, redis_pid) if redis_pid else {}
+        if not redis_pid:
+            _leftovers(out, proc, 0)
+    assert not left, f"still running after SIGTERM: {left}"

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from diswm import signals
 from diswm.config import Config, ConfigError, load_config, preset_names, replace
 from diswm.control import RunFailed
 from diswm.runfolder import private_dir
@@ -207,6 +208,7 @@ def _run_concurrently(todo, runs, out: Path, parallel: int, retries: int,
                     say(f"=== {title}: waiting for room in the cluster"
                         + (f" (attempt {attempt + 1})" if attempt else ""))
                     ray.get(pg.ready())
+                    signals.check()  # stopping: start no run
                     run_job(cfg, run_dir, teacher=str(teacher) if teacher else None,
                             skip_pretrain=True, progress=say, placement_group=pg)
                     with lock:
@@ -214,6 +216,9 @@ def _run_concurrently(todo, runs, out: Path, parallel: int, retries: int,
                         report([r for r in runs if (r / "summary.json").exists()],
                                out / "report")  # the report grows as runs finish
                     break
+                except KeyboardInterrupt:  # signals.request_stop(): run_job stopped its run
+                    say("stopped")
+                    return
                 except Exception as err:  # noqa: BLE001 - reported, retried, never silent
                     message = " ".join(f"{type(err).__name__}: {err}".split())[:300]
                     with lock:
@@ -230,6 +235,12 @@ def _run_concurrently(todo, runs, out: Path, parallel: int, retries: int,
             t.start()
         for t in threads:
             t.join()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: each run stops as `diswm run` would
+        progress("stopping: each run stops its actors and checkpoints its learner")
+        signals.request_stop()
+        for t in threads:
+            t.join(timeout=600)
+        raise
     finally:
         if not started:
             ray.shutdown()
