@@ -255,41 +255,47 @@ class SerialRunner:
         obs = self.env.reset()
         self._store(obs, np.zeros(self.action_dim, np.float32))
         metrics: dict[str, float] = {}
-        while c["env_steps"] < end:
-            if self.schedule.switch_due(c["env_steps"], self.learner.scheme):
-                self.env.set_scheme(cfg.distraction.switch_to)
-                self.learner.scheme, c["switched"] = cfg.distraction.switch_to, 1
-                self.progress(f"env step {c['env_steps']}: colour scheme -> "
-                              f"{cfg.distraction.switch_to}")
-            if c["agent_steps"] < self.prefill_until:
-                action = self.rng.uniform(-1, 1, self.action_dim).astype(np.float32)
-            else:
-                action = self.policy({"image": obs["image"][None], "is_first": [obs["is_first"]]})[0]
-            before = self.env.episode_env_steps
-            obs = self.env.step(action)
-            c["env_steps"] += self.env.episode_env_steps - before
-            c["agent_steps"] += 1
-            self._store(obs, action)
-            if obs["is_last"]:
-                c["episodes"] += 1
-                obs = self.env.reset()
-                self._store(obs, np.zeros(self.action_dim, np.float32))
-            if c["agent_steps"] >= self.prefill_until and len(self.replay) >= cfg.train.batch_length:
-                if not trained_initial:
-                    metrics = self._train(cfg.train.pretrain_updates)
-                    trained_initial = True
-                elif c["agent_steps"] % cfg.train.train_every == 0:
-                    metrics = self._train(1)
-            if (point := self.schedule.eval_due(c["env_steps"])) is not None:
-                self._evaluate(point)
-            if self.schedule.checkpoint_due(c["env_steps"]):
-                self._checkpoint()
-            if time.perf_counter() - last_log > 10 and metrics:
-                last_log = time.perf_counter()
-                self.progress(f"env step {c['env_steps']}/{cfg.train.steps}  updates "
-                              f"{self.learner.updates}  model loss {metrics['model_loss']:.1f}  "
-                              f"eta {metrics['eta']:.3f}  {c['env_steps'] / (last_log - start):.0f}"
-                              " env steps/s")
+        try:
+            while c["env_steps"] < end:
+                if self.schedule.switch_due(c["env_steps"], self.learner.scheme):
+                    self.env.set_scheme(cfg.distraction.switch_to)
+                    self.learner.scheme, c["switched"] = cfg.distraction.switch_to, 1
+                    self.progress(f"env step {c['env_steps']}: colour scheme -> "
+                                  f"{cfg.distraction.switch_to}")
+                if c["agent_steps"] < self.prefill_until:
+                    action = self.rng.uniform(-1, 1, self.action_dim).astype(np.float32)
+                else:
+                    action = self.policy({"image": obs["image"][None], "is_first": [obs["is_first"]]})[0]
+                before = self.env.episode_env_steps
+                obs = self.env.step(action)
+                c["env_steps"] += self.env.episode_env_steps - before
+                c["agent_steps"] += 1
+                self._store(obs, action)
+                if obs["is_last"]:
+                    c["episodes"] += 1
+                    obs = self.env.reset()
+                    self._store(obs, np.zeros(self.action_dim, np.float32))
+                if c["agent_steps"] >= self.prefill_until and len(self.replay) >= cfg.train.batch_length:
+                    if not trained_initial:
+                        metrics = self._train(cfg.train.pretrain_updates)
+                        trained_initial = True
+                    elif c["agent_steps"] % cfg.train.train_every == 0:
+                        metrics = self._train(1)
+                if (point := self.schedule.eval_due(c["env_steps"])) is not None:
+                    self._evaluate(point)
+                if self.schedule.checkpoint_due(c["env_steps"]):
+                    self._checkpoint()
+                if time.perf_counter() - last_log > 10 and metrics:
+                    last_log = time.perf_counter()
+                    self.progress(f"env step {c['env_steps']}/{cfg.train.steps}  updates "
+                                  f"{self.learner.updates}  model loss {metrics['model_loss']:.1f}  "
+                                  f"eta {metrics['eta']:.3f}  {c['env_steps'] / (last_log - start):.0f}"
+                                  " env steps/s")
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: keep what was learned to --resume from
+            self._checkpoint()
+            self.progress(f"stopped at env step {c['env_steps']}; checkpoint "
+                          f"{self.run_dir / CHECKPOINT} (the replay is not kept)")
+            raise
         if end == cfg.train.steps and (point := self.schedule.final_eval()) is not None:
             self._evaluate(point)
         self._checkpoint()

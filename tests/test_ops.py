@@ -601,3 +601,38 @@ def test_sigterm_stops_parallel_experiment_runs_each_with_its_final_checkpoint(t
         if not redis_pid:
             _leftovers(out, proc, 0)
     assert not left, f"still running after SIGTERM: {left}"
+
+
+def test_sigterm_stops_a_serial_run_with_a_checkpoint_to_resume_from(tmp_path):
+    """`diswm train --serial` stopped by SIGTERM died at once (Python's default) and a run
+    between checkpoints lost everything since the last one. Now it writes its checkpoint on
+    the way out, exits 143 with one line, and `--resume` continues from it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from diswm.checkpoints import load_checkpoint
+
+    run = tmp_path / "serial"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diswm", "train", "--serial", "--config", "tiny", "dreamerv2",
+         "--run-dir", str(run), "--set", "train.steps=100000", "train.checkpoint_every=10000000",
+         "train.eval_every=10000000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    try:
+        started = _wait_until(lambda: (run / "train.csv").exists() or proc.poll() is not None,
+                              240)
+        assert started and proc.poll() is None, "the serial run did not start training"
+        assert not (run / "checkpoints" / "latest.pt").exists()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 143, (proc.returncode, err[-3000:])
+    assert lines[-1] == "diswm: terminated (SIGTERM)" and "Traceback" not in err, err[-3000:]
+    saved = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert saved["extra"]["counters"]["env_steps"] > 0
