@@ -594,7 +594,7 @@ def test_sigterm_stops_parallel_experiment_runs_each_with_its_final_checkpoint(t
         assert lines[-1] == "diswm: terminated (SIGTERM)", lines[-5:]
         assert "Traceback" not in err and "retrying" not in err, err[-3000:]
         for run in runs:  # written at the stop: periodic checkpoints are off
-            assert (run / "checkpoints" / "latest.pt").exists(), run
+            assert (run / "checkpoints" / "latest.pt").exists(), (run, err[-4000:])
         assert _wait_until(lambda: not _alive(redis_pid), 30)
     finally:
         left = _leftovers(out, proc, redis_pid) if redis_pid else {}

@@ -228,18 +228,29 @@ def _run_concurrently(todo, runs, out: Path, parallel: int, retries: int,
                 finally:
                     remove_placement_group(pg)
 
-    threads = [threading.Thread(target=worker, name=f"experiment-{i}", daemon=True)
-               for i in range(min(parallel, len(todo)))]
+    # Each thread sets its event when it ends. Not Thread.join: in CPython 3.11 a join that a
+    # signal interrupts (Ctrl-C, SIGTERM) marks the still-running thread as stopped, and every
+    # later join then returns at once (threading.py, the bpo-45274 branch).
+    ended = [threading.Event() for _ in range(min(parallel, len(todo)))]
+
+    def run_worker(event: threading.Event) -> None:
+        try:
+            worker()
+        finally:
+            event.set()
+
+    threads = [threading.Thread(target=run_worker, args=(event,), name=f"experiment-{i}",
+                                daemon=True) for i, event in enumerate(ended)]
     try:
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        for event in ended:
+            event.wait()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: each run stops as `diswm run` would
         progress("stopping: each run stops its actors and checkpoints its learner")
         signals.request_stop()
-        for t in threads:
-            t.join(timeout=600)
+        for event in ended:
+            event.wait(timeout=600)
         raise
     finally:
         if not started:
