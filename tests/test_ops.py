@@ -453,14 +453,29 @@ def _leftovers(run, proc, redis_pid: int) -> dict[int, str]:
     return left
 
 
+def _terminate(proc, timeout: float, what: str) -> str:
+    """SIGTERM to `proc`; its stderr, once it has stopped the way every `diswm` command must:
+    exit 143, the last line `diswm: terminated (SIGTERM)`, no traceback."""
+    import subprocess
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{what} did not stop within {timeout:.0f} s of SIGTERM")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 143, (proc.returncode, err[-3000:])
+    assert lines[-1] == "diswm: terminated (SIGTERM)", lines[-5:]
+    assert "Traceback" not in err, err[-3000:]
+    return err
+
+
 @pytest.mark.parametrize("when", ["cluster up", "roles up"])
 def test_sigterm_stops_a_run_in_one_line_and_leaves_nothing_running(tmp_path, when):
     """SIGTERM to `diswm run` (systemd, `timeout`, a batch scheduler) aborted it (exit -6, no
     message: Ray's handler calls sys.exit inside the driver) and left its redis-server and the
     supervisor running. Now it stops like Ctrl-C: actors and learner stop, Redis shuts down,
     one `diswm:` line, exit 143."""
-    import subprocess
-
     run = tmp_path / "run"
     proc = _start_run(run)
     redis_pid = int((run / "redis" / "redis.pid").read_text())
@@ -468,15 +483,7 @@ def test_sigterm_stops_a_run_in_one_line_and_leaves_nothing_running(tmp_path, wh
         if when == "roles up":  # the learner writes its CSV once it trains
             assert _wait_until(lambda: (run / "train.csv").exists() or proc.poll() is not None,
                                300), "the learner did not start"
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=150)
-        except subprocess.TimeoutExpired:
-            pytest.fail("diswm run did not stop within 150 s of SIGTERM")
-        lines = [line for line in err.splitlines() if line.strip()]
-        assert proc.returncode == 143, (proc.returncode, err[-3000:])
-        assert lines[-1] == "diswm: terminated (SIGTERM)", lines[-5:]
-        assert "Traceback" not in err, err[-3000:]
+        _terminate(proc, 150, "diswm run")
         assert _wait_until(lambda: not _processes_naming(str(run)) and not _alive(redis_pid), 30)
     finally:
         left = _leftovers(run, proc, redis_pid)
@@ -584,15 +591,8 @@ def test_sigterm_stops_parallel_experiment_runs_each_with_its_final_checkpoint(t
         assert both and proc.poll() is None, "the two runs did not start training"
         redis_pid = int((out / "redis" / "redis.pid").read_text())
         assert not any((r / "checkpoints" / "latest.pt").exists() for r in runs)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=200)
-        except subprocess.TimeoutExpired:
-            pytest.fail("diswm experiment did not stop within 200 s of SIGTERM")
-        lines = [line for line in err.splitlines() if line.strip()]
-        assert proc.returncode == 143, (proc.returncode, err[-3000:])
-        assert lines[-1] == "diswm: terminated (SIGTERM)", lines[-5:]
-        assert "Traceback" not in err and "retrying" not in err, err[-3000:]
+        err = _terminate(proc, 200, "diswm experiment")
+        assert "retrying" not in err, err[-3000:]
         for run in runs:  # written at the stop: periodic checkpoints are off
             assert (run / "checkpoints" / "latest.pt").exists(), (run, err[-4000:])
         assert _wait_until(lambda: not _alive(redis_pid), 30)
@@ -626,13 +626,9 @@ def test_sigterm_stops_a_serial_run_with_a_checkpoint_to_resume_from(tmp_path):
                               240)
         assert started and proc.poll() is None, "the serial run did not start training"
         assert not (run / "checkpoints" / "latest.pt").exists()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+        _terminate(proc, 120, "diswm train --serial")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert proc.returncode == 143, (proc.returncode, err[-3000:])
-    assert lines[-1] == "diswm: terminated (SIGTERM)" and "Traceback" not in err, err[-3000:]
     saved = load_checkpoint(run / "checkpoints" / "latest.pt")
     assert saved["extra"]["counters"]["env_steps"] > 0
