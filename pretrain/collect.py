@@ -27,7 +27,6 @@ from diswm import signals
 from diswm.config import Config, ConfigError, build_config, replace
 from diswm.envs import make_env
 from diswm.rollout import CheckpointPolicy, RandomPolicy, concat_episodes, file_digest, run_episode
-from diswm.signals import ray_init
 from pretrain.shards import (
     FORMAT,
     MANIFEST,
@@ -210,8 +209,8 @@ class _RayRunner:
             import logging
 
             # address="local": our own instance, never a stray cluster this machine last ran
-            ray_init(address="local", num_cpus=workers, include_dashboard=False,
-                     logging_level=logging.WARNING, log_to_driver=False)
+            signals.ray_init(address="local", num_cpus=workers, include_dashboard=False,
+                             logging_level=logging.WARNING, log_to_driver=False)
         self._remote = ray.remote(num_cpus=1, max_retries=2)(collect_shard)
         self._in_flight = 2 * workers
 

@@ -597,9 +597,7 @@ def test_sigterm_stops_parallel_experiment_runs_each_with_its_final_checkpoint(t
             assert (run / "checkpoints" / "latest.pt").exists(), (run, err[-4000:])
         assert _wait_until(lambda: not _alive(redis_pid), 30)
     finally:
-        left = _leftovers(out, proc, redis_pid) if redis_pid else {}
-        if not redis_pid:
-            _leftovers(out, proc, 0)
+        left = _leftovers(out, proc, redis_pid)  # redis_pid 0 (never read): no such process
     assert not left, f"still running after SIGTERM: {left}"
 
 

@@ -26,7 +26,6 @@ from diswm import signals
 from diswm.config import Config, ConfigError, load_config, preset_names, replace
 from diswm.control import RunFailed
 from diswm.runfolder import private_dir
-from diswm.signals import ray_init
 
 METHODS: dict[str, tuple[str, ...]] = {
     "diswm": (), "dreamerv2": ("dreamerv2",), "dv2_finetune": ("dv2_finetune",),
@@ -177,9 +176,9 @@ def _run_concurrently(todo, runs, out: Path, parallel: int, retries: int,
                   for _, cfg, _, _, _ in todo)
     started = ray.is_initialized()
     if not started:  # room for `parallel` runs (oversubscribed on purpose, as ray_cpus does)
-        ray_init(address="local", include_dashboard=False, log_to_driver=False,
-                 num_cpus=max(os.cpu_count() or 1, int(per_run * min(parallel, len(todo)))),
-                 namespace=f"experiment-{out.name}")
+        signals.ray_init(address="local", include_dashboard=False, log_to_driver=False,
+                         num_cpus=max(os.cpu_count() or 1, int(per_run * min(parallel, len(todo)))),
+                         namespace=f"experiment-{out.name}")
     if per_run > ray.cluster_resources().get("CPU", 0.0):
         if not started:
             ray.shutdown()
