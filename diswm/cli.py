@@ -194,11 +194,15 @@ def _cmd_bench_learner(args: argparse.Namespace) -> int:
 
     report = bench_learner(presets=args.config, overrides=args.overrides, sizes=args.sizes,
                            modes=args.modes, updates=args.updates, rounds=args.rounds,
+                           host_memory=args.host_memory, host_memory_ab=args.host_memory_ab,
                            json_path=args.json, progress=lambda msg: print(msg, file=sys.stderr))
     keys = ("batch", "seconds_per_update", "speedup_vs_eager", "gflops",
             "fraction_of_matmul_peak", "peak_memory_bytes", "compile_seconds", "vs_authors",
             "vs_authors_same_run_estimate")
     summary = {size: {k: r[k] for k in keys if k in r} for size, r in report["results"].items()}
+    if "host_memory_ab" in report:
+        summary["host_memory_ab"] = {size: {k: ab[k] for k in ("seconds_per_update", "speedup")}
+                                     for size, ab in report["host_memory_ab"].items()}
     print(json.dumps(summary, indent=2))
     if args.json:
         print(f"wrote {args.json}", file=sys.stderr)
@@ -305,6 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "on CUDA")
     p.add_argument("--updates", type=int, default=1, help="updates per case per round")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--host-memory", choices=("reuse", "system"), default="reuse",
+                   help="freed host memory kept for reuse (the learner's default) or glibc's "
+                        "own malloc, for the whole run (train.reuse_host_memory)")
+    p.add_argument("--host-memory-ab", action="store_true",
+                   help="also time reuse on vs off in fresh, alternated processes per size")
     p.add_argument("--json", default=None, metavar="FILE", help="write the report here")
     _add_config_args(p)
     p.set_defaults(func=_cmd_bench_learner)

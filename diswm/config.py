@@ -185,6 +185,9 @@ class TrainConfig:
     # CPU only: stride-2 (transposed) convs computed the way oneDNN is fast at (diswm/models/
     # fastconv.py; same functions and gradients); False = torch.nn's convolutions
     fast_convs: bool = True
+    # Keep freed host memory in the process's heap for reuse (glibc: no mmap, no trim), so
+    # large activations are not page-faulted and zeroed anew every update (diswm/hostmem.py)
+    reuse_host_memory: bool = True
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from diswm.checkpoints import load_checkpoint
 from diswm.config import Config, build_config, replace
+from diswm.hostmem import reuse_freed_memory
 from diswm.models import (
     ActorCritic,
     WorldModel,
@@ -60,6 +61,8 @@ class Learner:
         self.cfg = cfg
         self.action_dim = int(action_dim)
         self.device = torch.device(device) if device is not None else resolve_device(cfg.train.device)
+        if cfg.train.reuse_host_memory:
+            reuse_freed_memory()  # large activations: no page faults every update (hostmem.py)
         torch.manual_seed(cfg.train.seed)
         size = cfg.env.size
         self.wm = WorldModel(cfg.model, action_dim, size).to(self.device)

@@ -34,6 +34,7 @@ import torch
 
 from diswm.checkpoints import load_checkpoint
 from diswm.config import Config
+from diswm.hostmem import reuse_freed_memory
 from diswm.models.losses import combine
 from diswm.models.nets import resolve_device
 from diswm.models.precision import Group, backward_and_step, resolve_precision
@@ -97,6 +98,8 @@ class PretrainRunner:
         self.data_info = data_info
 
         self.device = resolve_device(cfg.train.device)
+        if cfg.train.reuse_host_memory:
+            reuse_freed_memory()  # large activations: no page faults every update (hostmem.py)
         torch.manual_seed(cfg.pretrain.seed)
         self.model = VideoModel(cfg.model, size=cfg.env.size).to(self.device)
         if cfg.train.channels_last:

@@ -110,6 +110,21 @@ def test_bench_learner_reports_flop_rate_against_a_same_run_peak(tmp_path, capsy
     assert "/s" in capsys.readouterr().err
 
 
+def test_host_memory_ab_runs_both_settings_in_fresh_processes():
+    from diswm.bench.learner import host_memory_reuse_ab
+
+    ab = host_memory_reuse_ab("debug", "eager", presets=["tiny"], updates=1, rounds=2,
+                              progress=None)
+    assert {k: len(v) for k, v in ab["seconds_per_update_all"].items()} == {"on": 2, "off": 2}
+    med = ab["seconds_per_update"]
+    assert ab["speedup"] == pytest.approx(med["off"] / med["on"])
+    # Each child reports its own peak (VmHWM), not the parent's (ru_maxrss survives exec).
+    assert 0 < max(ab["process_peak_rss_bytes"].values()) < 4 * 2**30
+    with pytest.raises(ValueError, match="host_memory"):
+        from diswm.bench.learner import bench_learner
+        bench_learner(host_memory="jemalloc")
+
+
 def test_format_rate_is_readable_at_any_speed():
     from diswm.bench.common import format_rate
 

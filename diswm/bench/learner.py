@@ -23,6 +23,11 @@ counted once per size with `torch.utils.flop_counter.FlopCounterMode`), that rat
 of this machine's matmul peak for the mode's dtype (a 2048^2 matmul timed in the same run, before
 and after the cases; the higher is kept), peak memory, and the ratio to the authors' update.
 
+Host memory (diswm/hostmem.py) is process-wide, so it is one setting for the whole run
+(`host_memory`: "reuse", the learner's default, or "system", glibc's own malloc as plain
+PyTorch has it), the same for every mode. `host_memory_ab` measures what reusing freed memory
+gives: fresh processes with and without it, alternated, each timing the same update.
+
 Modes of one size are timed round-robin (`interleaved_rates`) on the same fixed batch, so drift
 hits them alike. Peak memory is measured in a separate, untimed update per mode: CUDA peak
 allocated bytes on GPU; on CPU, the peak rise of the process's resident set over that update
@@ -43,6 +48,7 @@ import torch
 
 from diswm.bench.common import format_rate, interleaved_rates, write_report
 from diswm.config import load_config
+from diswm.hostmem import reuse_freed_memory
 
 _PLAIN = ["train.precision=fp32", "train.channels_last=false", "train.compile=false",
           "train.fast_convs=false"]
@@ -182,6 +188,7 @@ def bench_learner(*, presets: Sequence[str] = (), overrides: Sequence[str] = (),
                   sizes: Sequence[str] = ("defaults", "debug"),
                   modes: Sequence[str] = ("eager", "channels_last", "bf16", "bf16_compile"),
                   updates: int = 1, rounds: int = 2, action_dim: int = 6, json_path=None,
+                  host_memory: str = "reuse", host_memory_ab: bool = False,
                   progress: Callable[[str], None] | None = print) -> dict[str, Any]:
     from learner import Learner  # local: keeps `diswm.bench` importable without the role folders
 
@@ -191,6 +198,12 @@ def bench_learner(*, presets: Sequence[str] = (), overrides: Sequence[str] = (),
     if unknown or "eager" not in modes:
         raise ValueError(f"modes must include 'eager' and come from {sorted(MODES)}, sizes from "
                          f"{sorted(SIZES)}; got {list(modes)} / {list(sizes)}")
+    if host_memory not in ("reuse", "system"):
+        raise ValueError(f"host_memory must be 'reuse' or 'system', got {host_memory!r}")
+    reuse = host_memory == "reuse"
+    if reuse:
+        reuse_freed_memory()
+    overrides = [*overrides, f"train.reuse_host_memory={str(reuse).lower()}"]
     skipped = [m for m in modes if m in ("fp16", "bf16_cudagraphs") and not cuda]
     modes = [m for m in modes if m not in skipped]
     if skipped and progress:
@@ -205,7 +218,7 @@ def bench_learner(*, presets: Sequence[str] = (), overrides: Sequence[str] = (),
     for size in sizes:
         learners, memory, first, compile_s, batch, cfg = {}, {}, {}, {}, None, None
         for mode in modes:
-            cfg = load_config([*SIZES[size], *presets], [*overrides, *MODES[mode]])
+            cfg = load_config([*SIZES[size], *presets], [*MODES[mode], *overrides])
             learner = Learner(cfg, action_dim, log=progress)
             batch = batch or synthetic_batch(cfg.train.batch_size, cfg.train.batch_length,
                                              action_dim, cfg.env.size)
@@ -282,6 +295,88 @@ def bench_learner(*, presets: Sequence[str] = (), overrides: Sequence[str] = (),
                       "vs_authors_same_run_estimate scales the authors' time by this run's "
                       "channels-last time (the machine's speed drifts)"),
         "skipped_modes": skipped,
+        "host_memory": host_memory,
         "results": results,
     }
+    if host_memory_ab:
+        mode = "fastconv_compile" if not cuda else "bf16_compile"
+        payload["host_memory_ab"] = {
+            size: host_memory_reuse_ab(size, mode, presets=presets, overrides=overrides[:-1],
+                                       updates=max(updates, 2), rounds=max(rounds, 2),
+                                       progress=progress)
+            for size in sizes}
     return write_report(json_path, payload)
+
+
+_AB_CHILD = """
+import json, resource, sys, time
+import torch
+from diswm.bench.learner import MODES, SIZES, synthetic_batch
+from diswm.config import load_config
+from learner import Learner
+size, mode, updates, reuse, presets, overrides = json.loads(sys.argv[1])
+cfg = load_config([*SIZES[size], *presets],
+                  [*MODES[mode], *overrides, f"train.reuse_host_memory={reuse}"])
+learner = Learner(cfg, 6)
+batch = synthetic_batch(cfg.train.batch_size, cfg.train.batch_length, 6, cfg.env.size)
+for _ in range(2):  # compile (from inductor's cache after the first child), settle the heap
+    learner.update(batch)
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+f0, t0 = faults(), time.perf_counter()
+for _ in range(updates):
+    learner.update(batch)
+seconds = (time.perf_counter() - t0) / updates
+with open("/proc/self/status") as f:  # VmHWM: this process's peak (ru_maxrss survives exec)
+    hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+print(json.dumps({"seconds_per_update": seconds,
+                  "page_faults_per_update": (faults() - f0) / updates,
+                  "process_peak_rss_bytes": hwm}))
+"""
+
+
+def host_memory_reuse_ab(size: str, mode: str, *, presets: Sequence[str] = (),
+                         overrides: Sequence[str] = (), updates: int = 3, rounds: int = 3,
+                         progress: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """`train.reuse_host_memory` on vs off for one size and mode, each in a fresh process (the
+    setting is process-wide and cannot be undone to glibc's adaptive default), alternated over
+    `rounds` in both orders. Per setting: median seconds per update, minor page faults per
+    update and the process's peak resident set; `speedup` = off / on."""
+    import json
+    import subprocess
+    import sys
+
+    runs: dict[str, list[dict]] = {"on": [], "off": []}
+    for r in range(rounds):
+        for setting in (("on", "off") if r % 2 == 0 else ("off", "on")):
+            arg = json.dumps([size, mode, updates, "true" if setting == "on" else "false",
+                              list(presets), list(overrides)])
+            out = subprocess.run([sys.executable, "-c", _AB_CHILD, arg], capture_output=True,
+                                 text=True)
+            if out.returncode != 0:
+                raise RuntimeError(f"host-memory A/B child ({size}, {setting}) failed: "
+                                   + (out.stderr.strip().splitlines() or ["no output"])[-1])
+            runs[setting].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            if progress:
+                progress(f"{size}/{mode} reuse_host_memory={setting}, round {r + 1}/{rounds}: "
+                         f"{runs[setting][-1]['seconds_per_update']:.3f} s/update")
+    med = {k: float(np.median([x["seconds_per_update"] for x in v])) for k, v in runs.items()}
+    report = {
+        "mode": mode, "updates_per_process": updates, "rounds": rounds,
+        "seconds_per_update": med,
+        "seconds_per_update_all": {k: [x["seconds_per_update"] for x in v]
+                                   for k, v in runs.items()},
+        "page_faults_per_update": {k: float(np.median([x["page_faults_per_update"] for x in v]))
+                                   for k, v in runs.items()},
+        "process_peak_rss_bytes": {k: max(x["process_peak_rss_bytes"] for x in v)
+                                   for k, v in runs.items()},
+        "speedup": med["off"] / med["on"],
+    }
+    if progress:
+        progress(f"{size}/{mode}: reusing host memory {report['speedup']:.2f}x "
+                 f"({med['off']:.3f} -> {med['on']:.3f} s/update; page faults per update "
+                 f"{report['page_faults_per_update']['off']:.0f} -> "
+                 f"{report['page_faults_per_update']['on']:.0f}; process peak "
+                 f"{report['process_peak_rss_bytes']['off'] / 2**30:.2f} -> "
+                 f"{report['process_peak_rss_bytes']['on'] / 2**30:.2f} GiB)")
+    return report

@@ -8,7 +8,9 @@ what uniform sampling from a large replay sees), ``sample_ratio_vs_inprocess_cac
 cache a learner uses (256 chunks; this benchmark's replay fits in it), for the configured
 compression and block size; for comparison, the other codecs and whole-chunk records
 (``replay.block_steps=0``, the sample path before block records) in the same run. The rate
-limiter is off: this measures throughput, not the train ratio.
+limiter is off: this measures throughput, not the train ratio. Host memory is as in a learner's
+process (`train.reuse_host_memory`, diswm/hostmem.py: freed memory kept for reuse, so a batch's
+arrays are not page-faulted afresh), for the baseline and the Redis path alike.
 
 ``--shards 1 2 3`` runs replay_service's sharding benchmark instead (diswm/bench/shards.py).
 """
@@ -26,6 +28,7 @@ import numpy as np
 from diswm.bench.common import interleaved_rates, write_report
 from diswm.config import Config
 from diswm.envs import make_env
+from diswm.hostmem import reuse_freed_memory
 from replay_service.buffer import SequenceBuffer
 from replay_service.client import ReplaySampler, ReplaySpec, ReplayWriter
 from replay_service.server import RedisServer
@@ -72,6 +75,8 @@ def bench_replay(cfg: Config, *, steps: int = 6000, batches: int = 6, rounds: in
                  streams: int = 4, codecs: tuple[str, ...] | None = None, json_path=None,
                  progress=print) -> dict[str, Any]:
     batch_size, length = cfg.train.batch_size, cfg.train.batch_length
+    if cfg.train.reuse_host_memory:  # as in the learner's process, where the sampler runs
+        reuse_freed_memory()
     codecs = codecs or (cfg.replay.compression,) + tuple(
         c for c in CODECS if c != cfg.replay.compression)
     progress(f"recording {min(steps, 1000)} real steps of {cfg.env.task} ...")
@@ -152,6 +157,7 @@ def bench_replay(cfg: Config, *, steps: int = 6000, batches: int = 6, rounds: in
         "block_steps": cfg.replay.block_steps,
         "sample_threads": cached._builder.threads,
         "persistence": cfg.replay.persistence,
+        "host_memory": "reuse" if cfg.train.reuse_host_memory else "system",
         "batch": [batch_size, length],
         "streams": streams,
         "raw_bytes_per_step": step_bytes,
