@@ -310,7 +310,6 @@ def bench_learner(*, presets: Sequence[str] = (), overrides: Sequence[str] = (),
 
 _AB_CHILD = """
 import json, resource, sys, time
-import torch
 from diswm.bench.learner import MODES, SIZES, synthetic_batch
 from diswm.config import load_config
 from learner import Learner
