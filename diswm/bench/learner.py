@@ -38,6 +38,9 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -203,7 +206,7 @@ def bench_learner(*, presets: Sequence[str] = (), overrides: Sequence[str] = (),
     reuse = host_memory == "reuse"
     if reuse:
         reuse_freed_memory()
-    overrides = [*overrides, f"train.reuse_host_memory={str(reuse).lower()}"]
+    run_overrides = [*overrides, f"train.reuse_host_memory={str(reuse).lower()}"]
     skipped = [m for m in modes if m in ("fp16", "bf16_cudagraphs") and not cuda]
     modes = [m for m in modes if m not in skipped]
     if skipped and progress:
@@ -218,7 +221,7 @@ def bench_learner(*, presets: Sequence[str] = (), overrides: Sequence[str] = (),
     for size in sizes:
         learners, memory, first, compile_s, batch, cfg = {}, {}, {}, {}, None, None
         for mode in modes:
-            cfg = load_config([*SIZES[size], *presets], [*MODES[mode], *overrides])
+            cfg = load_config([*SIZES[size], *presets], [*MODES[mode], *run_overrides])
             learner = Learner(cfg, action_dim, log=progress)
             batch = batch or synthetic_batch(cfg.train.batch_size, cfg.train.batch_length,
                                              action_dim, cfg.env.size)
@@ -301,7 +304,7 @@ def bench_learner(*, presets: Sequence[str] = (), overrides: Sequence[str] = (),
     if host_memory_ab:
         mode = "fastconv_compile" if not cuda else "bf16_compile"
         payload["host_memory_ab"] = {
-            size: host_memory_reuse_ab(size, mode, presets=presets, overrides=overrides[:-1],
+            size: host_memory_reuse_ab(size, mode, presets=presets, overrides=overrides,
                                        updates=max(updates, 2), rounds=max(rounds, 2),
                                        progress=progress)
             for size in sizes}
@@ -341,10 +344,6 @@ def host_memory_reuse_ab(size: str, mode: str, *, presets: Sequence[str] = (),
     setting is process-wide and cannot be undone to glibc's adaptive default), alternated over
     `rounds` in both orders. Per setting: median seconds per update, minor page faults per
     update and the process's peak resident set; `speedup` = off / on."""
-    import json
-    import subprocess
-    import sys
-
     runs: dict[str, list[dict]] = {"on": [], "off": []}
     for r in range(rounds):
         for setting in (("on", "off") if r % 2 == 0 else ("off", "on")):
