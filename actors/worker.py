@@ -23,6 +23,8 @@ import numpy as np
 
 from diswm import metrics
 from diswm.agent import Policy
+from diswm.agent.teacher import FIELD as TEACHER_FIELD
+from diswm.agent.teacher import TeacherLatents, fetch_teacher, stores_teacher_latents
 from diswm.broadcast import BadWeights, WeightStore
 from diswm.config import Config
 from diswm.control import RunControl
@@ -47,6 +49,7 @@ class ActorWorker:
         self.stopping = threading.Event()  # set by the shell: blocked inserts give way
         # On a sharded replay actor i writes shard i mod shards: the shards fill evenly.
         self.writer = ReplayWriter(spec, interrupt=self._interrupted, shard=index % spec.shards)
+        self.teacher = self._teacher(spec)
         self.weights = WeightStore(self.writer.client, spec.namespace)
         self.control = RunControl(self.writer.client, spec.namespace)
         self.rng = np.random.default_rng([cfg.train.seed, index, int(self.incarnation, 16)])
@@ -80,6 +83,21 @@ class ActorWorker:
         self.prev_actions = np.zeros((k, self.action_dim), np.float32)
         for j, obs in enumerate(self.obs):
             self._store(j, obs, self.prev_actions[j])
+
+    def _teacher(self, spec: ReplaySpec) -> TeacherLatents | None:
+        """The frozen teacher, when this run stores its latents (diswm/agent/teacher.py); None
+        when it does not, or when the replay already holds steps without them (a run begun
+        before they were stored: its learner computes them, as it did)."""
+        if not stores_teacher_latents(self.cfg):
+            return None
+        fields = self.writer.stored_fields()
+        if fields is not None and TEACHER_FIELD not in fields:
+            log.warning("actor %d: replay %r holds steps without %s; not storing them (the "
+                        "learner computes the teacher's latents)", self.index, spec.namespace,
+                        TEACHER_FIELD)
+            return None
+        return fetch_teacher(self.writer.client, spec.namespace, self.cfg,
+                             timeout=spec.wait_timeout)
 
     # -- control plane -----------------------------------------------------------------------
     def report(self) -> None:
@@ -123,9 +141,11 @@ class ActorWorker:
 
     # -- stepping ----------------------------------------------------------------------------
     def _store(self, j: int, obs: dict, action: np.ndarray) -> None:
+        step = {**obs, "action": action, "policy_version": np.int64(self.policy.version)}
+        if self.teacher is not None:  # once per frame, here, instead of per sampled frame
+            step[TEACHER_FIELD] = self.teacher(obs["image"][None])[0]
         try:
-            self.writer.add(self.streams[j], {**obs, "action": action,
-                                              "policy_version": np.int64(self.policy.version)})
+            self.writer.add(self.streams[j], step)
         except ReplayTimeout as err:
             # The step is held in the writer (retried by the next insert, stored at close), so
             # a learner that stopped sampling stalls the actor but never loses its steps.

@@ -72,10 +72,13 @@ def decode_weights(record: bytes) -> tuple[int, dict[str, torch.Tensor]]:
 
 
 class WeightStore:
-    def __init__(self, client: redis.Redis, namespace: str):
+    """`name` "weights": the policy the actors act with; "teacher": the frozen teacher encoder
+    they compute the stored teacher latents with (diswm/agent/teacher.py), published once."""
+
+    def __init__(self, client: redis.Redis, namespace: str, name: str = "weights"):
         self.client = client
-        self._key = f"diswm:{namespace}:weights"
-        self._version_key = f"diswm:{namespace}:weights_version"
+        self._key = f"diswm:{namespace}:{name}"
+        self._version_key = f"diswm:{namespace}:{name}_version"
 
     def publish(self, version: int, state: Mapping[str, torch.Tensor]) -> tuple[int, float]:
         """Store `state` as `version`; returns (bytes, seconds)."""

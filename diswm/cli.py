@@ -195,10 +195,10 @@ def _cmd_bench_learner(args: argparse.Namespace) -> int:
     report = bench_learner(presets=args.config, overrides=args.overrides, sizes=args.sizes,
                            modes=args.modes, updates=args.updates, rounds=args.rounds,
                            host_memory=args.host_memory, host_memory_ab=args.host_memory_ab,
-                           json_path=args.json, progress=lambda msg: print(msg, file=sys.stderr))
+                           teacher=args.teacher, json_path=args.json, progress=lambda msg: print(msg, file=sys.stderr))
     keys = ("batch", "seconds_per_update", "speedup_vs_eager", "gflops",
             "fraction_of_matmul_peak", "peak_memory_bytes", "compile_seconds", "vs_authors",
-            "vs_authors_same_run_estimate")
+            "vs_authors_same_run_estimate", "stored_teacher_speedup")
     summary = {size: {k: r[k] for k in keys if k in r} for size, r in report["results"].items()}
     if "host_memory_ab" in report:
         summary["host_memory_ab"] = {size: {k: ab[k] for k in ("seconds_per_update", "speedup")}
@@ -304,9 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", nargs="+",
                    default=["eager", "channels_last", "bf16", "bf16_compile", "fastconv_compile"],
                    choices=("eager", "channels_last", "compile", "bf16", "bf16_compile", "fp16",
-                            "bf16_cudagraphs", "fastconv", "fastconv_compile"),
+                            "bf16_cudagraphs", "fastconv", "fastconv_compile", "stored_teacher"),
                    help="eager (fp32, NCHW) is the baseline; fp16 and bf16_cudagraphs run only "
-                        "on CUDA")
+                        "on CUDA; stored_teacher needs --teacher")
     p.add_argument("--updates", type=int, default=1, help="updates per case per round")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--host-memory", choices=("reuse", "system"), default="reuse",
@@ -314,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "own malloc, for the whole run (train.reuse_host_memory)")
     p.add_argument("--host-memory-ab", action="store_true",
                    help="also time reuse on vs off in fresh, alternated processes per size")
+    p.add_argument("--teacher", action="store_true",
+                   help="give every learner a frozen teacher, as DisWM's learner has (mode "
+                        "stored_teacher: its latents come with the batch, as actors store them)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the report here")
     _add_config_args(p)
     p.set_defaults(func=_cmd_bench_learner)

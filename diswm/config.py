@@ -126,6 +126,10 @@ class DistillConfig:
     reduction: str = field(default="batchmean", metadata=_choices("batchmean", "mean"))
     # DV2-finetune baseline: initialise encoder, RSSM and decoder from the teacher checkpoint.
     finetune: bool = False
+    # "replay" (default): the actors compute the frozen teacher's latent once per frame and store
+    # it with the step (field z_teacher); "learner": the learner encodes every sampled frame
+    # again (each frame ~100-500 times over a run). Same values (the teacher never changes).
+    teacher_latents: str = field(default="replay", metadata=_choices("replay", "learner"))
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,9 @@ class Learner:
     def _world_model_losses(self, data: dict[str, Tensor], eta: float | None):
         with self.precision.autocast():
             z_teacher = None
-            if self.teacher is not None:
+            if self.teacher is not None and "z_teacher" in data:
+                z_teacher = data["z_teacher"]  # stored by the actors (diswm/agent/teacher.py)
+            elif self.teacher is not None:
                 with torch.no_grad():
                     z_teacher = self.teacher(data["image"], sample=False)[0]
             wm_losses, aux = self._wm_loss(data, z_teacher_BTZ=z_teacher,
@@ -305,6 +307,13 @@ class Learner:
         if out["image"].dtype != torch.uint8 or out["image"].ndim != 5:
             raise ValueError(f"batch image must be uint8 (B, T, H, W, C), got "
                              f"{out['image'].dtype} {tuple(out['image'].shape)}")
+        if self.teacher is not None and "z_teacher" in batch:
+            z = torch.as_tensor(np.asarray(batch["z_teacher"]), dtype=torch.float32)
+            want = (*out["image"].shape[:2], self.cfg.model.z_dim)
+            if tuple(z.shape) != want:
+                raise ValueError(f"batch z_teacher must be float32 {want} (B, T, model.z_dim), "
+                                 f"got {tuple(z.shape)}")
+            out["z_teacher"] = z.to(self.device, non_blocking=True)
         return out
 
     def _load_finetune(self, pretrained: Mapping[str, Tensor]) -> None:

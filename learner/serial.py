@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from diswm.agent import Policy
+from diswm.agent.teacher import FIELD as TEACHER_FIELD
+from diswm.agent.teacher import TeacherLatents, stores_teacher_latents
 from diswm.config import Config
 from diswm.diagnostics import open_loop_report
 from diswm.envs import make_env
@@ -221,6 +223,9 @@ class SerialRunner:
         self.replay = SequenceBuffer(cfg.replay.capacity, seed=cfg.train.seed,
                                      chunk_length=cfg.replay.chunk_length)
         self.policy = Policy(cfg, self.action_dim, 1, mode="explore")
+        self.teacher = (TeacherLatents(self.learner.teacher)
+                        if stores_teacher_latents(cfg) and self.learner.teacher is not None
+                        else None)
         self.policy.load_weights(*self.learner.get_weights("policy"))
         self.rng = np.random.default_rng([cfg.train.seed, self.counters["agent_steps"]])
         self.prefill_until = self.counters["agent_steps"] + cfg.train.prefill
@@ -229,8 +234,11 @@ class SerialRunner:
 
     # -- the loop ---------------------------------------------------------------------------
     def _store(self, obs: dict, action: np.ndarray) -> None:
-        self.replay.add("serial/env0", {**obs, "action": action.astype(np.float32),
-                                        "policy_version": np.int64(self.policy.version)})
+        step = {**obs, "action": action.astype(np.float32),
+                "policy_version": np.int64(self.policy.version)}
+        if self.teacher is not None:  # once per frame, not once per sampled frame
+            step[TEACHER_FIELD] = self.teacher(obs["image"][None])[0]
+        self.replay.add("serial/env0", step)
 
     def _train(self, n: int) -> dict[str, float]:
         cfg, metrics = self.cfg.train, {}

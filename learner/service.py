@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from diswm import metrics
+from diswm.agent.teacher import publish_teacher, stores_teacher_latents
 from diswm.broadcast import WeightStore
 from diswm.config import Config
 from diswm.control import NamespaceLease, RunControl
@@ -74,6 +75,10 @@ class LearnerService:
         if self.resumed:
             self.control.add(learner_restarts=1)
         self.control.set("scheme", self.learner.scheme)
+        if stores_teacher_latents(cfg) and self.learner.teacher is not None:
+            # Before the first policy: the actors compute the teacher's latents from their
+            # first stored step on (diswm/agent/teacher.py).
+            publish_teacher(self.sampler.client, spec.namespace, self.learner.teacher)
         self.publish()
         self._start_evaluator(action_dim)
         ns = spec.namespace

@@ -150,6 +150,14 @@ class ReplayWriter:
         self._m_chunks.inc()
         self._m_bytes.inc(len(record))
 
+    def stored_fields(self) -> set[str] | None:
+        """The fields of the namespace's step schema (on this writer's shard), or None while
+        nothing has been stored: a writer joining an existing replay matches what it holds."""
+        if self.shard is None and self.spec.shards > 1:
+            return None  # the shard follows the first stream's name: checked at that insert
+        raw = self._call(self.client.get, self.spec.shard_prefix(self.shard or 0) + "schema")
+        return None if raw is None else set(json.loads(raw))
+
     def _check_schema(self, chunk: Chunk, prefix: str) -> None:
         """The namespace's schema is stored on every shard the first writer reaches; a writer
         compares with its own shard's and with every other shard it can reach now."""

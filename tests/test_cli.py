@@ -110,6 +110,26 @@ def test_bench_learner_reports_flop_rate_against_a_same_run_peak(tmp_path, capsy
     assert "/s" in capsys.readouterr().err
 
 
+def test_bench_learner_with_a_teacher_times_stored_latents(tmp_path, capsys):
+    """--teacher: every learner has a frozen teacher; stored_teacher's batches carry its latents,
+    so its update counts fewer FLOPs, and its speed-up is over fastconv_compile in the same run."""
+    out = tmp_path / "learner.json"
+    assert main(["bench", "learner", "--sizes", "debug", "--config", "tiny", "--modes", "eager",
+                 "fastconv_compile", "stored_teacher", "--teacher", "--rounds", "1",
+                 "--set", "train.compile=false", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())["results"]["debug"]
+    assert r["teacher"] is True
+    assert 0 < r["gflop_per_update_stored_teacher"] < r["gflop_per_update"]
+    sec = r["seconds_per_update"]
+    assert r["stored_teacher_speedup"] == pytest.approx(sec["fastconv_compile"]
+                                                        / sec["stored_teacher"])
+    capsys.readouterr()
+    assert main(["bench", "learner", "--sizes", "debug", "--config", "tiny", "--modes", "eager",
+                 "stored_teacher"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("diswm: error:") and "--teacher" in err[-1]
+
+
 def test_host_memory_ab_runs_both_settings_in_fresh_processes():
     from diswm.bench.learner import host_memory_reuse_ab
 

@@ -40,3 +40,20 @@ def test_serial_runner_tiny_run_and_resume(tmp_path):
     assert rows and float(rows[-1]["eta"]) > 0 and "model/distill" in rows[-1]
     assert (run / "curve.png").stat().st_size > 1000
     assert json.loads((run / "metrics.json").read_text())["final_return"] is not None
+
+
+def test_serial_runner_stores_the_teachers_latents(tmp_path):
+    """The serial runner computes the teacher's latent once per frame as it stores the step
+    (as actors do); every stored latent is the teacher's for its frame."""
+    teacher = tmp_path / "teacher.pt"
+    cfg = load_config(["tiny"], [f"distill.teacher={teacher}", "train.steps=120",
+                                 "train.eval_every=1000"])
+    torch.manual_seed(0)
+    torch.save({"video_model": VideoModel(cfg.model).state_dict()}, teacher)
+    runner = SerialRunner(cfg, tmp_path / "run", progress=lambda m: None)
+    runner.run()
+    batch = runner.replay.sample(4, 8)
+    with torch.no_grad():
+        want = runner.learner.teacher(torch.as_tensor(batch["image"]), sample=False)[0]
+    torch.testing.assert_close(torch.as_tensor(batch["z_teacher"]), want.float(),
+                               rtol=1e-4, atol=1e-4)

@@ -23,6 +23,12 @@ counted once per size with `torch.utils.flop_counter.FlopCounterMode`), that rat
 of this machine's matmul peak for the mode's dtype (a 2048^2 matmul timed in the same run, before
 and after the cases; the higher is kept), peak memory, and the ratio to the authors' update.
 
+`teacher=True` (`--teacher`) gives every learner a frozen teacher (a randomly initialised
+pretraining model of the size's settings), as DisWM's real learner has: every mode then encodes
+each sampled frame with it, except `stored_teacher`, whose batches carry the teacher's latents as
+the actors store them (diswm/agent/teacher.py). `stored_teacher` vs `fastconv_compile` is what
+storing them saves. FLOPs are counted per mode group (the stored mode does fewer).
+
 Host memory (diswm/hostmem.py) is process-wide, so it is one setting for the whole run
 (`host_memory`: "reuse", the learner's default, or "system", glibc's own malloc as plain
 PyTorch has it), the same for every mode. `host_memory_ab` measures what reusing freed memory
@@ -69,10 +75,16 @@ MODES = {
                  "train.fast_convs=true"],
     "fastconv_compile": [*_PLAIN, "train.channels_last=true", "train.precision=bf16",
                          "train.compile=true", "train.fast_convs=true"],
+    # With --teacher: fastconv_compile fed batches that carry the teacher's latents, as the
+    # actors store them (distill.teacher_latents=replay); every other mode encodes every
+    # sampled frame with the teacher in the learner, as before.
+    "stored_teacher": [*_PLAIN, "train.channels_last=true", "train.precision=bf16",
+                       "train.compile=true", "train.fast_convs=true"],
 }
 DTYPE_OF_MODE = {"eager": "fp32", "channels_last": "fp32", "compile": "fp32", "bf16": "bf16",
                  "bf16_compile": "bf16", "fp16": "fp16",
-                 "bf16_cudagraphs": "bf16", "fastconv": "bf16", "fastconv_compile": "bf16"}
+                 "bf16_cudagraphs": "bf16", "fastconv": "bf16", "fastconv_compile": "bf16",
+                 "stored_teacher": "bf16"}
 SIZES = {"defaults": [], "debug": ["debug"], "debug_dreamerv2": ["debug", "dreamerv2"]}
 #: The authors' released update at 50 x 50 on this 2-core machine (timed interleaved with ours in
 #: one process: 12.3-12.8 s, while our fp32 channels-last update took 8.2-8.3 s).
@@ -192,12 +204,17 @@ def bench_learner(*, presets: Sequence[str] = (), overrides: Sequence[str] = (),
                   modes: Sequence[str] = ("eager", "channels_last", "bf16", "bf16_compile"),
                   updates: int = 1, rounds: int = 2, action_dim: int = 6, json_path=None,
                   host_memory: str = "reuse", host_memory_ab: bool = False,
+                  teacher: bool = False,
                   progress: Callable[[str], None] | None = print) -> dict[str, Any]:
+    from diswm.agent.teacher import FIELD, TeacherLatents
+    from diswm.models import VideoModel
     from learner import Learner  # local: keeps `diswm.bench` importable without the role folders
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     unknown = sorted(set(modes) - set(MODES)) + sorted(set(sizes) - set(SIZES))
+    if "stored_teacher" in modes and not teacher:
+        raise ValueError("mode stored_teacher needs teacher=True (--teacher)")
     if unknown or "eager" not in modes:
         raise ValueError(f"modes must include 'eager' and come from {sorted(MODES)}, sizes from "
                          f"{sorted(SIZES)}; got {list(modes)} / {list(sizes)}")
@@ -220,13 +237,26 @@ def bench_learner(*, presets: Sequence[str] = (), overrides: Sequence[str] = (),
     results: dict[str, Any] = {}
     for size in sizes:
         learners, memory, first, compile_s, batch, cfg = {}, {}, {}, {}, None, None
+        batches: dict[str, dict] = {}
+        pretrained = None
         for mode in modes:
             cfg = load_config([*SIZES[size], *presets], [*MODES[mode], *run_overrides])
-            learner = Learner(cfg, action_dim, log=progress)
+            if teacher and pretrained is None:
+                torch.manual_seed(1)
+                pretrained = VideoModel(cfg.model, cfg.env.size).state_dict()
+            learner = Learner(cfg, action_dim, pretrained=pretrained, log=progress)
             batch = batch or synthetic_batch(cfg.train.batch_size, cfg.train.batch_length,
                                              action_dim, cfg.env.size)
+            batches[mode] = batch
+            if mode == "stored_teacher":
+                if learner.teacher is None:
+                    raise ValueError(f"size {size}: no teacher (is distillation off?)")
+                B, T = batch["image"].shape[:2]
+                z = TeacherLatents(learner.teacher)(batch["image"].reshape(B * T, *batch[
+                    "image"].shape[2:]))
+                batches[mode] = {**batch, FIELD: z.reshape(B, T, -1)}
             start = time.perf_counter()
-            learner.update(batch)  # warm-up (and compilation)
+            learner.update(batches[mode])  # warm-up (and compilation)
             first[mode] = time.perf_counter() - start
             compile_s[mode] = learner.compile_seconds
             learners[mode], memory[mode] = learner, PeakMemory(learner.device)
@@ -234,18 +264,20 @@ def bench_learner(*, presets: Sequence[str] = (), overrides: Sequence[str] = (),
                 progress(f"{size}/{mode}: first update {first[mode]:.2f} s"
                          + (f" ({compile_s[mode]:.1f} s compiling)" if compile_s[mode] else ""))
         flops = update_flops(learners["eager"], batch)
+        flops_of = {m: (update_flops(learners["eager"], batches[m]) if m == "stored_teacher"
+                        else flops) for m in modes}
 
         # Peak memory in a pass of its own: the CPU sampler thread (every 2 ms) would slow the
         # timed updates of small, Python-bound models by tens of percent.
         for m in modes:
             with memory[m]:
-                learners[m].update(batch)
-        cases = {m: _case(learners[m], batch) for m in modes}
+                learners[m].update(batches[m])
+        cases = {m: _case(learners[m], batches[m]) for m in modes}
         rates = interleaved_rates(cases, updates, rounds,
                                   (lambda msg, s=size: progress(f"{s}: {msg}")) if progress else None)
         base = rates["eager"]["median"]
         seconds = {m: 1.0 / r["median"] for m, r in rates.items()}
-        gflops = {m: flops / 1e9 / seconds[m] for m in modes}
+        gflops = {m: flops_of[m] / 1e9 / seconds[m] for m in modes}
         results[size] = {
             "batch": [cfg.train.batch_size, cfg.train.batch_length],
             "model": {k: getattr(cfg.model, k) for k in ("cnn_depth", "stoch", "deter", "hidden",
@@ -261,7 +293,13 @@ def bench_learner(*, presets: Sequence[str] = (), overrides: Sequence[str] = (),
             "peak_memory_bytes": {m: memory[m].peak for m in modes},
             "gflop_per_update": flops / 1e9,
             "gflops": gflops,
+            "teacher": bool(teacher and learners["eager"].teacher is not None),
         }
+        if "stored_teacher" in modes:
+            results[size]["gflop_per_update_stored_teacher"] = flops_of["stored_teacher"] / 1e9
+            if "fastconv_compile" in modes:
+                results[size]["stored_teacher_speedup"] = (seconds["fastconv_compile"]
+                                                           / seconds["stored_teacher"])
         if size == "defaults" and not cuda:
             cl = seconds.get("channels_last")
             results[size]["vs_authors"] = {m: AUTHORS_SECONDS / seconds[m] for m in modes}
