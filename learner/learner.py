@@ -205,7 +205,9 @@ class Learner:
                 z_teacher = data["z_teacher"]  # stored by the actors (diswm/agent/teacher.py)
             elif self.teacher is not None:
                 with torch.no_grad():
-                    z_teacher = self.teacher(data["image"], sample=False)[0]
+                    # Contiguous, as stored latents arrive: the compiled loss is specialised to
+                    # its inputs' strides, and a warm-up on these must serve stored ones too.
+                    z_teacher = self.teacher(data["image"], sample=False)[0].contiguous()
             wm_losses, aux = self._wm_loss(data, z_teacher_BTZ=z_teacher,
                                            distill_reduction=self.cfg.distill.reduction)
             wm_loss = combine(wm_losses, self.wm.scales(eta=eta))
@@ -313,7 +315,7 @@ class Learner:
             if tuple(z.shape) != want:
                 raise ValueError(f"batch z_teacher must be float32 {want} (B, T, model.z_dim), "
                                  f"got {tuple(z.shape)}")
-            out["z_teacher"] = z.to(self.device, non_blocking=True)
+            out["z_teacher"] = z.to(self.device, non_blocking=True).contiguous()
         return out
 
     def _load_finetune(self, pretrained: Mapping[str, Tensor]) -> None:

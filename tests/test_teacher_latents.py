@@ -154,3 +154,32 @@ def test_fetched_teacher_is_the_published_one_and_a_bad_record_is_refused(teache
     client.set("diswm:t:teacher", client.get("diswm:t:teacher")[:-50])
     with pytest.raises(BadWeights):
         fetch_teacher(client, "t", cfg, timeout=1)
+
+
+def test_stored_latents_do_not_recompile_the_warmed_up_world_model_loss(teacher_path):
+    """The compiled world-model loss is warmed up on a synthetic batch (the learner computes
+    the teacher's latents) and then trains on stored ones: both must reach it with the same
+    layout, or every run pays a second compile (minutes cold). Counted with a backend that
+    records each graph it is given."""
+    from diswm.models.compiled import Compiled
+
+    cfg = run_cfg(teacher_path, "train.compile=true")
+    learner = Learner(cfg, 6)
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    learner._wm_loss = Compiled(learner.wm.loss, "world-model loss", backend=counting_backend)
+    learner._ac_loss = Compiled(learner.ac.loss, "actor-critic loss", enabled=False)
+    learner.warm_up()
+    warmed = len(graphs)
+    assert warmed > 0 and learner._wm_loss.state == "compiled"
+    batch = make_batch(cfg)
+    B, T = batch["image"].shape[:2]
+    z = TeacherLatents(learner.teacher)(batch["image"].reshape(B * T, 64, 64, 3))
+    learner.update({**batch, FIELD: z.reshape(B, T, -1)})
+    learner.update(batch)  # and the learner's own latents again
+    assert len(graphs) == warmed

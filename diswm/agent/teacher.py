@@ -56,7 +56,7 @@ class TeacherLatents:
         param = next(self.encoder.parameters())
         with torch.autocast(param.device.type, enabled=False):  # float32 whatever the caller's
             mean = self.encoder(image.to(param.device), sample=False)[0]
-        return mean.float().cpu().numpy()
+        return np.ascontiguousarray(mean.float().cpu().numpy())  # mean is a strided view
 
 
 def publish_teacher(client, namespace: str, teacher: nn.Module) -> None:
