@@ -18,8 +18,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 from test_runtime import wait_for as poll
 
+from diswm.config import load_config
+from diswm.models import VideoModel
 from replay_service.client import ReplaySpec, read_meta
 from replay_service.server import RedisServer, free_port
 
@@ -65,6 +68,10 @@ def test_actors_on_a_second_ray_node_fill_the_replay_and_the_targets_file(tmp_pa
     password_file.chmod(0o600)
     procs: list[subprocess.Popen] = []
     run = tmp_path / "run"
+    # A distilling run: the actors on node 2 fetch the teacher through Redis, not the file.
+    teacher = tmp_path / "teacher.pt"
+    torch.manual_seed(0)
+    torch.save({"video_model": VideoModel(load_config(["tiny"]).model).state_dict()}, teacher)
     address = ""
     try:
         # 2. Ray: the head, then a second node with its own raylet and a custom resource.
@@ -88,11 +95,13 @@ def test_actors_on_a_second_ray_node_fill_the_replay_and_the_targets_file(tmp_pa
                    f"replay.port={redis.port}", f"replay.password_file={password_file}",
                    "runtime.actor_resources=node2=1", "runtime.learner_cpus=3",
                    "train.steps=1000000", "train.eval_every=1000000",
-                   "replay.namespace=two-nodes", env=env)
+                   "replay.namespace=two-nodes", f"distill.teacher={teacher}", env=env)
         assert up.returncode == 0, up.stderr[-3000:]
         spec = ReplaySpec(port=redis.port, password=redis.password, namespace="two-nodes")
         client = redis.client()
         poll("steps from the second node's actors", lambda: read_meta(client, spec)["inserts"])
+        # Their steps carry the teacher's latents, computed on node 2.
+        assert "z_teacher" in json.loads(client.get("diswm:two-nodes:schema"))
         status = diswm("cluster", "status", "--json", "--run-dir", str(run), env=env)
         assert status.returncode == 0, status.stdout[-2000:] + status.stderr[-2000:]
         state = json.loads(status.stdout)
