@@ -140,10 +140,12 @@ class ActorWorker:
             return -1
 
     # -- stepping ----------------------------------------------------------------------------
-    def _store(self, j: int, obs: dict, action: np.ndarray) -> None:
+    def _store(self, j: int, obs: dict, action: np.ndarray,
+               z_teacher: np.ndarray | None = None) -> None:
         step = {**obs, "action": action, "policy_version": np.int64(self.policy.version)}
         if self.teacher is not None:  # once per frame, here, instead of per sampled frame
-            step[TEACHER_FIELD] = self.teacher(obs["image"][None])[0]
+            step[TEACHER_FIELD] = (self.teacher(obs["image"][None])[0] if z_teacher is None
+                                   else z_teacher)
         try:
             self.writer.add(self.streams[j], step)
         except ReplayTimeout as err:
@@ -168,12 +170,17 @@ class ActorWorker:
         else:
             actions = self.rng.uniform(-1, 1, (k, self.action_dim)).astype(np.float32)
         env_steps = episodes = 0
+        stepped = []
         for j, env in enumerate(self.envs):
             before = env.episode_env_steps
-            obs = env.step(actions[j])
+            stepped.append(env.step(actions[j]))
             env_steps += env.episode_env_steps - before
+        # The teacher's latents of every env's new frame in one call (K envs, one batch).
+        z = (self.teacher(np.stack([o["image"] for o in stepped]))
+             if self.teacher is not None else [None] * k)
+        for j, (env, obs) in enumerate(zip(self.envs, stepped, strict=True)):
             self.returns[j] += float(obs["reward"])
-            self._store(j, obs, actions[j])
+            self._store(j, obs, actions[j], z[j])
             if obs["is_last"]:
                 episodes += 1
                 self._m["return"].observe(self.returns[j])

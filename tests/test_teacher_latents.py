@@ -81,12 +81,14 @@ def test_an_update_on_stored_latents_is_the_update_on_the_learners_own(teacher_p
         Learner(cfg, 6).update({**batch, FIELD: z[:, :, :3]})
 
 
-def test_actors_store_the_teachers_latent_of_every_frame(teacher_path, redis_server):
-    """The learner publishes its teacher; an actor fetches it and stores every step's latent.
-    Every sampled latent is the learner's teacher's for that sampled frame."""
+@pytest.mark.parametrize("envs", [1, 3])
+def test_actors_store_the_teachers_latent_of_every_frame(teacher_path, redis_server, envs):
+    """The learner publishes its teacher; an actor fetches it and stores every step's latent
+    (one teacher call for its envs' new frames). Every sampled latent is the learner's
+    teacher's for that sampled frame."""
     from actors.worker import ActorWorker
 
-    cfg = run_cfg(teacher_path, "train.prefill=0")
+    cfg = run_cfg(teacher_path, "train.prefill=0", f"runtime.envs_per_actor={envs}")
     spec = ReplaySpec.from_config(cfg, port=redis_server.port, password=redis_server.password)
     learner = Learner(cfg, 6)  # the tiny preset runs dmc:cheetah_run: 6 actions
     publish_teacher(redis_server.client(), spec.namespace, learner.teacher)
