@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from diswm.agent.teacher import FIELD as TEACHER_FIELD
 from diswm.checkpoints import load_checkpoint
 from diswm.config import Config, build_config, replace
 from diswm.hostmem import reuse_freed_memory
@@ -201,8 +202,8 @@ class Learner:
     def _world_model_losses(self, data: dict[str, Tensor], eta: float | None):
         with self.precision.autocast():
             z_teacher = None
-            if self.teacher is not None and "z_teacher" in data:
-                z_teacher = data["z_teacher"]  # stored by the actors (diswm/agent/teacher.py)
+            if self.teacher is not None and TEACHER_FIELD in data:
+                z_teacher = data[TEACHER_FIELD]  # stored by the actors (diswm/agent/teacher.py)
             elif self.teacher is not None:
                 with torch.no_grad():
                     # Contiguous, as stored latents arrive: the compiled loss is specialised to
@@ -309,13 +310,13 @@ class Learner:
         if out["image"].dtype != torch.uint8 or out["image"].ndim != 5:
             raise ValueError(f"batch image must be uint8 (B, T, H, W, C), got "
                              f"{out['image'].dtype} {tuple(out['image'].shape)}")
-        if self.teacher is not None and "z_teacher" in batch:
-            z = torch.as_tensor(np.asarray(batch["z_teacher"]), dtype=torch.float32)
+        if self.teacher is not None and TEACHER_FIELD in batch:
+            z = torch.as_tensor(np.asarray(batch[TEACHER_FIELD]), dtype=torch.float32)
             want = (*out["image"].shape[:2], self.cfg.model.z_dim)
             if tuple(z.shape) != want:
                 raise ValueError(f"batch z_teacher must be float32 {want} (B, T, model.z_dim), "
                                  f"got {tuple(z.shape)}")
-            out["z_teacher"] = z.to(self.device, non_blocking=True).contiguous()
+            out[TEACHER_FIELD] = z.to(self.device, non_blocking=True).contiguous()
         return out
 
     def _load_finetune(self, pretrained: Mapping[str, Tensor]) -> None:

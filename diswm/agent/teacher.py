@@ -13,7 +13,8 @@ per frame at the `debug` size, ~500 at the paper's). With ``distill.teacher_late
     step["z_teacher"] = teacher(obs["image"][None])[0]         # (z_dim,) float32
 
 The weights travel through Redis as a safetensors record (diswm/broadcast.py: no pickle, CRC
-checked; a bad one raises `BadWeights`), so an actor on another machine needs no copy of the teacher checkpoint.
+checked; a bad one raises `BadWeights`), so an actor on another machine needs no copy of the
+teacher checkpoint.
 """
 
 from __future__ import annotations
