@@ -1,6 +1,7 @@
 # ruff: noqa
 # Probe script, kept as it was run for this folder's logs (run from the repository root with
-# MUJOCO_GL=egl .venv/bin/python docs/results/cartpole_swingup-learning-proof/probe_prefill.py NAME UPDATES [KEY=VALUE ...]).
+# MUJOCO_GL=egl .venv/bin/python docs/results/cartpole_swingup-learning-proof/probe_prefill.py NAME UPDATES [KEY=VALUE ...];
+# environment: WARM=N world-model-only updates first, ACTOR_EPS=E Adam's epsilon for the actor).
 import os
 import sys
 import time
@@ -36,6 +37,9 @@ if var == "noreward":
     orig = B.lambda_return
     B.lambda_return = lambda r, v, d, b, l: orig(r * 0, v, d, b, l)
 warm = int(os.environ.get("WARM", "0"))
+if os.environ.get("ACTOR_EPS"):  # ninth session: Adam's epsilon for the actor alone
+    for g in learner.opts["actor"].param_groups:
+        g["eps"] = float(os.environ["ACTOR_EPS"])
 def set_lr(scale):
     for name in ("actor", "critic"):
         for g in learner.opts[name].param_groups:
