@@ -195,7 +195,8 @@ def _cmd_bench_learner(args: argparse.Namespace) -> int:
     report = bench_learner(presets=args.config, overrides=args.overrides, sizes=args.sizes,
                            modes=args.modes, updates=args.updates, rounds=args.rounds,
                            host_memory=args.host_memory, host_memory_ab=args.host_memory_ab,
-                           teacher=args.teacher, json_path=args.json, progress=lambda msg: print(msg, file=sys.stderr))
+                           teacher=args.teacher, json_path=args.json,
+                           progress=lambda msg: print(msg, file=sys.stderr))
     keys = ("batch", "seconds_per_update", "speedup_vs_eager", "gflops",
             "fraction_of_matmul_peak", "peak_memory_bytes", "compile_seconds", "vs_authors",
             "vs_authors_same_run_estimate", "stored_teacher_speedup")

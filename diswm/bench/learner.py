@@ -251,10 +251,9 @@ def bench_learner(*, presets: Sequence[str] = (), overrides: Sequence[str] = (),
             if mode == "stored_teacher":
                 if learner.teacher is None:
                     raise ValueError(f"size {size}: no teacher (is distillation off?)")
-                B, T = batch["image"].shape[:2]
-                z = TeacherLatents(learner.teacher)(batch["image"].reshape(B * T, *batch[
-                    "image"].shape[2:]))
-                batches[mode] = {**batch, FIELD: z.reshape(B, T, -1)}
+                images = batch["image"]  # (B, T, H, W, C) -> one latent per frame
+                z = TeacherLatents(learner.teacher)(images.reshape(-1, *images.shape[2:]))
+                batches[mode] = {**batch, FIELD: z.reshape(*images.shape[:2], -1)}
             start = time.perf_counter()
             learner.update(batches[mode])  # warm-up (and compilation)
             first[mode] = time.perf_counter() - start
