@@ -96,6 +96,10 @@ class ModelConfig:
     z_dim: int = field(default=20, metadata=_range(ge=1))  # beta-VAE latent (teacher & student)
     cnn_depth: int = field(default=32, metadata=_range(ge=1))
     stoch: int = field(default=50, metadata=_range(ge=1))
+    # RSSM latents: 0 = Gaussian with `stoch` dims (DisWM's and DESIGN.md's); K > 0 = `stoch`
+    # categoricals of K classes each, one-hot with straight-through gradients (DreamerV2's
+    # released default is 32 x 32). The same for every method, so comparisons stay fair.
+    discrete: int = field(default=0, metadata=_range(ge=0))
     deter: int = field(default=200, metadata=_range(ge=1))
     hidden: int = field(default=200, metadata=_range(ge=1))
     units: int = field(default=400, metadata=_range(ge=1))

@@ -179,6 +179,24 @@ def test_save_restore_resumes_bit_identically(cfg, pretrained, tmp_path):
     assert c.update(batches[2], agent_step=30)["model_loss"] == ma[0]["model_loss"]
 
 
+def test_discrete_latents_learner_resumes_identically(tmp_path):
+    """DreamerV2's categorical latents (model.discrete) through a whole update and a checkpoint."""
+    cfg = load_config(["tiny"], ["model.discrete=4"])
+    batches = [make_batch(cfg, s) for s in range(3)]
+    a = Learner(cfg, A)
+    assert a.wm.rssm.feat_dim == cfg.model.stoch * 4 + cfg.model.deter
+    m0 = a.update(batches[0])
+    assert all(np.isfinite(v) for v in m0.values())
+    a.save(tmp_path / "learner.pt")
+    ma = [a.update(b) for b in batches[1:]]
+    b, _ = Learner.from_checkpoint(tmp_path / "learner.pt")
+    assert b.cfg.model.discrete == 4
+    mb = [b.update(x) for x in batches[1:]]
+    for x, y in zip(ma, mb, strict=True):
+        assert {k: v for k, v in x.items() if k != "update_seconds"} == \
+            {k: v for k, v in y.items() if k != "update_seconds"}
+
+
 def test_checkpoint_loads_without_unpickling(cfg, tmp_path):
     path = Learner(cfg, A).save(tmp_path / "l.pt")
     payload = torch.load(path, weights_only=True)  # raises if anything needs unpickling

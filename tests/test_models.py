@@ -25,7 +25,7 @@ from diswm.models import (
     standard_normal_kl,
     video_scales,
 )
-from diswm.models.dists import TruncNormal, unit_normal_nll
+from diswm.models.dists import TruncNormal, straight_through_onehot, unit_normal_nll
 from diswm.models.nets import preprocess_image
 
 A = 6  # action dims (cheetah)
@@ -108,6 +108,81 @@ def test_balanced_kl_equals_torch_distributions_and_splits_gradients():
     assert float(loss_free.detach()) == pytest.approx(float(ref.detach()) + 1.0)
     assert not loss_free.requires_grad or torch.autograd.grad(
         loss_free, prior["mean"], allow_unused=True)[0].abs().sum() == 0
+
+
+def _cat_logits(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {"logit": (2 * torch.randn(shape, generator=g)).requires_grad_(True)}
+
+
+def test_categorical_balanced_kl_equals_torch_distributions():
+    S, K = 3, 5
+    post, prior = _cat_logits((4, 6, S * K), 0), _cat_logits((4, 6, S * K), 1)
+    loss, value = balanced_kl(post, prior, balance=0.8, free=0.0, classes=K)
+
+    def kl(p, q):  # S independent one-hot categoricals per state
+        dist = lambda s: D.Independent(D.OneHotCategorical(  # noqa: E731
+            logits=s["logit"].unflatten(-1, (S, K))), 1)
+        return D.kl_divergence(dist(p), dist(q))
+    ref = kl(post, prior).mean()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(value, ref.detach())
+    g_loss = torch.autograd.grad(loss, [prior["logit"], post["logit"]])
+    g_ref = torch.autograd.grad(ref, [prior["logit"], post["logit"]])
+    torch.testing.assert_close(g_loss[0], 0.8 * g_ref[0])
+    torch.testing.assert_close(g_loss[1], 0.2 * g_ref[1])
+    # The Gaussian path must not be taken by mistake: grouping by the wrong class count differs.
+    wrong, _ = balanced_kl(post, prior, balance=0.8, free=0.0, classes=S)
+    assert abs(float(wrong) - float(ref)) > 1e-3
+
+
+def test_straight_through_onehot_draws_the_categorical_and_passes_probs_gradient():
+    logit = torch.tensor([[1.0, 0.0, -1.0, 2.0]]).expand(200_000, 4).contiguous()
+    torch.manual_seed(0)
+    draw = straight_through_onehot(logit)
+    assert torch.equal(draw.detach().sum(-1), torch.ones(200_000))  # one-hot values
+    assert set(draw.detach().unique().tolist()) == {0.0, 1.0}
+    probs = torch.softmax(logit[0], -1)
+    # Frequencies within 5 standard errors of softmax(logit) (binomial, n = 200k).
+    freq = draw.detach().mean(0)
+    se = torch.sqrt(probs * (1 - probs) / 200_000)
+    assert torch.all((freq - probs).abs() < 5 * se), (freq, probs)
+    # Mode without sampling; the gradient is that of softmax(logit) (straight-through).
+    x = torch.tensor([0.5, -0.2, 0.1], requires_grad=True)
+    mode = straight_through_onehot(x, sample=False)
+    assert mode.tolist() == [1.0, 0.0, 0.0]
+    w = torch.tensor([1.0, 2.0, 3.0])
+    (g,) = torch.autograd.grad((mode * w).sum(), x)
+    (g_ref,) = torch.autograd.grad((torch.softmax(x, -1) * w).sum(), x)
+    torch.testing.assert_close(g, g_ref)
+
+
+def test_discrete_rssm_shapes_state_and_world_model_loss():
+    cfg = load_config(["tiny"], ["model.discrete=3", "model.kl_free=0"])  # KL has a gradient
+    m = cfg.model
+    S, K, Dt = m.stoch, m.discrete, m.deter
+    torch.manual_seed(0)
+    wm = WorldModel(m, A)
+    assert wm.rssm.feat_dim == S * K + Dt
+    B, T = 2, 4
+    batch = {"image": torch.randint(0, 256, (B, T, 64, 64, 3), dtype=torch.uint8),
+             "action": torch.rand(B, T, A) * 2 - 1, "reward": torch.rand(B, T),
+             "is_first": torch.zeros(B, T, dtype=torch.bool),
+             "is_terminal": torch.zeros(B, T, dtype=torch.bool)}
+    losses, aux = wm.loss(batch)
+    post = aux["post"]
+    assert set(post) == {"logit", "stoch", "deter"}
+    assert post["stoch"].shape == post["logit"].shape == (B, T, S * K)
+    groups = post["stoch"].unflatten(-1, (S, K))
+    assert torch.equal(groups.sum(-1), torch.ones(B, T, S))  # one class per group
+    combine(losses, wm.scales(eta=None)).backward()
+    # Straight-through: the image loss reaches the posterior head through the one-hot samples.
+    assert wm.rssm.obs_out[-1].weight.grad.abs().sum() > 0
+    assert wm.rssm.img_out[-1].weight.grad.abs().sum() > 0  # the prior, through the KL
+    # Gaussian and categorical RSSMs are different shapes of checkpoint: no silent mix-up.
+    gauss = WorldModel(load_config(["tiny"]).model, A)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        gauss.load_state_dict(wm.state_dict())
 
 
 def test_beta_term_equals_torch_distributions():

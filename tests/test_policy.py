@@ -14,9 +14,9 @@ from learner import Learner
 A, N = 6, 3
 
 
-@pytest.fixture(scope="module")
-def setup():
-    cfg = load_config(["tiny"])
+@pytest.fixture(scope="module", params=[0, 3], ids=["gaussian", "discrete"])
+def setup(request):
+    cfg = load_config(["tiny"], [f"model.discrete={request.param}"])
     learner = Learner(cfg, A)
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (5, N, 64, 64, 3), dtype=np.uint8)

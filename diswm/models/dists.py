@@ -2,6 +2,8 @@
 
 * Diagonal Gaussians are kept as ``(mean, std)`` tensor pairs; the RSSM's std is
   ``2 * sigmoid(x / 2) + min_std`` (DreamerV2, continuous latents).
+* Categorical latents are kept as logits; `straight_through_onehot` draws one-hot samples
+  (Gumbel-max) whose gradient is that of the probabilities (DreamerV2, discrete latents).
 * `TruncNormal`: the DreamerV2 actor's truncated normal on [-1, 1]
   (mean = tanh(x), std = 2 * sigmoid(x / 2) + 0.1), with reparameterised samples
   (inverse-CDF: x = mu + sigma * Phi^-1(Phi(a) + u (Phi(b) - Phi(a))), u ~ U(0, 1)), exact
@@ -21,6 +23,18 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 def bounded_std(raw: Tensor, min_std: float = 0.1) -> Tensor:
     """DreamerV2's std transform: 2 * sigmoid(x / 2) + min_std, so std is in (min_std, 2 + min_std)."""
     return 2.0 * torch.sigmoid(raw / 2.0) + min_std
+
+
+def straight_through_onehot(logit: Tensor, sample: bool = True) -> Tensor:
+    """One-hot draws from Categorical(logits=logit) over the last dim (its mode when not
+    `sample`), with straight-through gradients (Bengio et al. 2013; DreamerV2 eq. in section 2):
+    the value is the one-hot vector, the gradient is that of softmax(logit)."""
+    probs = torch.softmax(logit, -1)
+    if sample:  # Gumbel-max: argmax(logit + G), G ~ Gumbel(0, 1), is an exact categorical draw
+        u = torch.rand_like(logit).clamp_(torch.finfo(logit.dtype).tiny, 1.0)
+        logit = logit - torch.log(-torch.log(u))
+    onehot = torch.nn.functional.one_hot(logit.argmax(-1), logit.shape[-1]).to(probs.dtype)
+    return onehot + (probs - probs.detach())  # exactly one-hot in value
 
 
 def unit_normal_nll(mean: Tensor, target: Tensor, event_dims: int) -> Tensor:

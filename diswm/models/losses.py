@@ -20,18 +20,35 @@ def gaussian_kl(mean_p: Tensor, std_p: Tensor, mean_q: Tensor, std_q: Tensor) ->
     return 0.5 * (var_ratio + t1 - 1 - torch.log(var_ratio)).sum(-1)
 
 
+def categorical_kl(logit_p: Tensor, logit_q: Tensor, classes: int) -> Tensor:
+    """KL(p || q) for groups of categoricals given by flat logits (..., S*K), K = `classes`:
+    summed over the S groups (independent), so it matches `gaussian_kl`'s sum over dims."""
+    log_p = torch.log_softmax(logit_p.unflatten(-1, (-1, classes)), -1)
+    log_q = torch.log_softmax(logit_q.unflatten(-1, (-1, classes)), -1)
+    return (log_p.exp() * (log_p - log_q)).sum((-2, -1))
+
+
+def state_kl(p: Mapping[str, Tensor], q: Mapping[str, Tensor], classes: int = 0) -> Tensor:
+    """KL between two RSSM latent distributions, Gaussian or (`classes` > 0) categorical."""
+    if classes:
+        return categorical_kl(p["logit"], q["logit"], classes)
+    return gaussian_kl(p["mean"], p["std"], q["mean"], q["std"])
+
+
 def balanced_kl(post: Mapping[str, Tensor], prior: Mapping[str, Tensor], balance: float,
-                free: float) -> tuple[Tensor, Tensor]:
+                free: float, classes: int = 0) -> tuple[Tensor, Tensor]:
     """DreamerV2's KL balancing with free nats averaged over batch x time (Hafner et al. 2021,
     eq. 2 and Algorithm 2): returns (loss, mean KL value)::
 
         loss = balance       * max(mean KL(sg(post) || prior), free)    # trains the prior
              + (1 - balance) * max(mean KL(post || sg(prior)), free)    # trains the posterior
+
+    `classes` > 0: categorical latents with that many classes per group (see `state_kl`).
     """
     sg = {k: v.detach() for k, v in post.items()}
     sp = {k: v.detach() for k, v in prior.items()}
-    value = gaussian_kl(post["mean"], post["std"], sp["mean"], sp["std"])  # KL(post || sg prior)
-    value_prior = gaussian_kl(sg["mean"], sg["std"], prior["mean"], prior["std"])
+    value = state_kl(post, sp, classes)  # KL(post || sg prior)
+    value_prior = state_kl(sg, prior, classes)
     loss = (balance * torch.clamp(value_prior.mean(), min=free)
             + (1 - balance) * torch.clamp(value.mean(), min=free))
     return loss, value.detach().mean()
