@@ -88,6 +88,17 @@ def _gauss(shape, seed):
             "std": (torch.rand(shape, generator=g) + 0.2).requires_grad_(True)}
 
 
+def _check_balanced(loss, value, ref, prior_x, post_x):
+    """`balanced_kl` (free = 0) against a reference KL: same value; the prior gets 0.8 of its
+    gradient, the posterior 0.2 (KL balancing)."""
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(value, ref.detach())
+    g_loss = torch.autograd.grad(loss, [prior_x, post_x], retain_graph=True)
+    g_ref = torch.autograd.grad(ref, [prior_x, post_x], retain_graph=True)
+    torch.testing.assert_close(g_loss[0], 0.8 * g_ref[0])
+    torch.testing.assert_close(g_loss[1], 0.2 * g_ref[1])
+
+
 def test_balanced_kl_equals_torch_distributions_and_splits_gradients():
     post, prior = _gauss((4, 5, 7), 0), _gauss((4, 5, 7), 1)
     loss, value = balanced_kl(post, prior, balance=0.8, free=0.0)
@@ -96,13 +107,7 @@ def test_balanced_kl_equals_torch_distributions_and_splits_gradients():
         return D.kl_divergence(D.Independent(D.Normal(p["mean"], p["std"]), 1),
                                D.Independent(D.Normal(q["mean"], q["std"]), 1))
     ref = kl(post, prior).mean()
-    torch.testing.assert_close(loss, ref)
-    torch.testing.assert_close(value, ref.detach())
-    # Gradients: the prior gets 0.8 of the KL's gradient, the posterior 0.2 (KL balancing).
-    g_loss = torch.autograd.grad(loss, [prior["mean"], post["mean"]])
-    g_ref = torch.autograd.grad(ref, [prior["mean"], post["mean"]])
-    torch.testing.assert_close(g_loss[0], 0.8 * g_ref[0])
-    torch.testing.assert_close(g_loss[1], 0.2 * g_ref[1])
+    _check_balanced(loss, value, ref, prior["mean"], post["mean"])
     # Free nats: below the threshold the loss is the constant `free` with no gradient.
     loss_free, _ = balanced_kl(post, prior, balance=0.8, free=float(ref.detach()) + 1.0)
     assert float(loss_free.detach()) == pytest.approx(float(ref.detach()) + 1.0)
@@ -125,12 +130,7 @@ def test_categorical_balanced_kl_equals_torch_distributions():
             logits=s["logit"].unflatten(-1, (S, K))), 1)
         return D.kl_divergence(dist(p), dist(q))
     ref = kl(post, prior).mean()
-    torch.testing.assert_close(loss, ref)
-    torch.testing.assert_close(value, ref.detach())
-    g_loss = torch.autograd.grad(loss, [prior["logit"], post["logit"]])
-    g_ref = torch.autograd.grad(ref, [prior["logit"], post["logit"]])
-    torch.testing.assert_close(g_loss[0], 0.8 * g_ref[0])
-    torch.testing.assert_close(g_loss[1], 0.2 * g_ref[1])
+    _check_balanced(loss, value, ref, prior["logit"], post["logit"])
     # The Gaussian path must not be taken by mistake: grouping by the wrong class count differs.
     wrong, _ = balanced_kl(post, prior, balance=0.8, free=0.0, classes=S)
     assert abs(float(wrong) - float(ref)) > 1e-3
