@@ -39,8 +39,7 @@ class Policy:
         self.num_envs, self.action_dim = num_envs, action_dim
         self.encoder = make_encoder(m, cfg.env.size)
         self.rssm = RSSM(embed_dim=self.encoder.out_dim, action_dim=action_dim, stoch=m.stoch,
-                         deter=m.deter, hidden=m.hidden,
-                         discrete=m.discrete)
+                         deter=m.deter, hidden=m.hidden, discrete=m.discrete)
         self.actor = Actor(self.rssm.feat_dim, action_dim, cfg.behaviour.actor_layers, m.units,
                            cfg.behaviour.actor_dist)
         self._modules = {"wm.encoder.": self.encoder, "wm.rssm.": self.rssm,

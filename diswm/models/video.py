@@ -36,8 +36,7 @@ class VideoModel(nn.Module):
         self.beta_vae = cfg.encoder == "beta_vae"
         self.encoder = make_encoder(cfg, size)
         self.rssm = RSSM(embed_dim=self.encoder.out_dim, action_dim=0, stoch=cfg.stoch,
-                         deter=cfg.deter, hidden=cfg.hidden,
-                         discrete=cfg.discrete)
+                         deter=cfg.deter, hidden=cfg.hidden, discrete=cfg.discrete)
         self.decoder = make_decoder(cfg, self.rssm.feat_dim, size)
 
     def loss(self, image_BTHWC: Tensor, is_first_BT: Tensor, *, balance: float,
@@ -49,8 +48,7 @@ class VideoModel(nn.Module):
             embed_BTE = self.encoder.embed(image_BTHWC)
         post, prior = self.rssm.observe(embed_BTE, None, is_first_BT)
         recon_BTHWC = self.decoder(RSSM.feat(post))
-        kl_loss, kl_value = balanced_kl(post, prior, balance, free,
-                                       self.rssm.discrete)
+        kl_loss, kl_value = balanced_kl(post, prior, balance, free, self.rssm.discrete)
         losses = {"image": image_nll(recon_BTHWC, image_BTHWC), "kl": kl_loss}
         if self.beta_vae:
             losses["beta"] = standard_normal_kl(z_mean, z_logvar).mean()

@@ -44,8 +44,7 @@ class WorldModel(nn.Module):
         self.cfg = cfg
         self.encoder = make_encoder(cfg, size)
         self.rssm = RSSM(embed_dim=self.encoder.out_dim, action_dim=action_dim, stoch=cfg.stoch,
-                         deter=cfg.deter, hidden=cfg.hidden,
-                         discrete=cfg.discrete)
+                         deter=cfg.deter, hidden=cfg.hidden, discrete=cfg.discrete)
         feat = self.rssm.feat_dim
         self.decoder = make_decoder(cfg, feat, size)
         self.reward = MLP(feat, 1, cfg.reward_layers, cfg.units)
@@ -83,7 +82,7 @@ class WorldModel(nn.Module):
         if beta_vae:
             losses["beta"] = standard_normal_kl(z_mean, z_logvar).mean()
         losses["kl"], kl_value = balanced_kl(post, prior, cfg.kl_balance, cfg.kl_free,
-                                               cfg.discrete)
+                                               self.rssm.discrete)
         if self.discount is not None:
             target = 1.0 - batch["is_terminal"].float()
             logits = self.discount(feat_BTF)[..., 0]
