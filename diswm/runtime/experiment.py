@@ -11,8 +11,9 @@
 4. ``diswm report`` over all runs -> ``OUT/report/`` (curves, aggregate CSV, markdown table).
 
 Budgets: ``paper`` is the paper's (1M env steps, batch 50x50; for GPU machines); ``cpu`` is the
-``quickstart`` sizes (8,000 env steps, a small model): one method x seed takes about 9 minutes
-on a 2-core CPU, so DisWM vs DreamerV2 with 2 seeds each fits in well under an hour.
+``cpu`` preset (the `debug` model sizes, 16x32 batches, 50,000 env steps, compiled): about
+45 minutes per method x seed on a 2-core CPU, so runs go one after another and the command
+resumes where it stopped. `make run` is the shorter ``quickstart`` (8,000 env steps).
 """
 
 from __future__ import annotations
