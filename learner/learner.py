@@ -15,6 +15,7 @@ batch's posterior states. Three named Adam groups: "model", "actor", "critic".
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -127,6 +128,13 @@ class Learner:
         self.log(self.precision.describe())
         self._staging: dict[str, Tensor] = {}  # pinned host buffers for batches (CUDA)
         self._staged = None  # CUDA event: the last host -> device copy out of the staging
+        # PyTorch's OpenMP runtime (libgomp) keeps a worker pool per calling thread. Once two
+        # threads of a process have run parallel ops, libgomp counts more pool threads than
+        # cores and stops spinning at its barriers: every op then sleeps and wakes (measured
+        # 0.29 -> 0.47 s per update at the `cpu` size on 2 cores). So the thread that builds
+        # the learner is the one that should train it; `update` says so once if not.
+        self.built_on = threading.get_ident()
+        self._thread_warned = False
 
     # -- training ---------------------------------------------------------------------------
     def eta(self) -> float | None:
@@ -137,10 +145,19 @@ class Learner:
                diagnostics: bool = False) -> dict[str, float]:
         """One world-model step and one actor-critic step on a (B, T) batch; returns metrics.
 
+        Call it on the thread that built the learner (see `built_on`).
+
         `diagnostics` adds ``distill_grad_share``: the norm of the distillation term's gradient
         on the student encoder over the norm of the whole world-model loss's gradient there
         (an extra backward through the encoder; runners ask for it on the updates they log)."""
         start_time = time.perf_counter()
+        if not self._thread_warned and threading.get_ident() != self.built_on:
+            self._thread_warned = True
+            if self.device.type == "cpu" and torch.get_num_threads() > 1:
+                self.log("learner: update() runs on another thread than the one that built the "
+                         "learner; OpenMP then keeps a worker pool for each and every parallel op "
+                         "sleeps and wakes (about 1.5x slower on CPU): build and train on one "
+                         "thread")
         if self._cudagraphs:  # a new iteration: the graphs' previous outputs may be reused
             torch.compiler.cudagraph_mark_step_begin()
         if agent_step is not None:
