@@ -20,7 +20,7 @@ import time
 import traceback
 from typing import Any
 
-from diswm import metrics, telemetry
+from diswm import metrics, priority, telemetry
 from diswm.config import build_config
 from diswm.control import RunControl
 from diswm.supervision import CrashLedger, one_line
@@ -97,6 +97,10 @@ class EnvActor:
         os._exit(1)  # Ray restarts the actor (max_restarts) and counts it
 
     def _loop(self) -> None:
+        applied = priority.lower(self.cfg.runtime.background_priority)
+        if applied != self.cfg.runtime.background_priority:
+            log.warning("%s: runtime.background_priority=%s refused by the system; running at %s",
+                        self.name, self.cfg.runtime.background_priority, applied)
         try:
             running = self._guarded_start()
         except Exception:  # noqa: BLE001 - a restart that fails counts as a crash of its cause
@@ -141,7 +145,8 @@ class EnvActor:
 
     def stats(self) -> dict[str, Any]:
         base = self.worker.stats() if self.worker is not None else {"actor": self.index}
-        return {**base, "name": self.name, "pid": os.getpid(), "metrics_port": self.metrics_port,
+        return {**base, "name": self.name, "pid": os.getpid(), "loop_tid": self._thread.native_id,
+                "metrics_port": self.metrics_port,
                 "running": self._thread.is_alive(), "failed": self.failed, "node": _node_id()}
 
     def pid(self) -> int:

@@ -145,8 +145,9 @@ class LearnerActor:
         base = self.service.stats() if self.service is not None else {"updates": None}
         from actors.ray_actor import _node_id
 
-        return {**base, "pid": os.getpid(), "metrics_port": self.metrics_port,
-                "running": self.done() is False, "error": self.error, "failed": self.failed,
+        return {**base, "pid": os.getpid(),
+                "loop_tid": self._thread.native_id if self._thread is not None else None,
+                "metrics_port": self.metrics_port, "running": self.done() is False, "error": self.error, "failed": self.failed,
                 "node": _node_id()}
 
     def progress_lines(self, start: int = 0) -> list[str]:

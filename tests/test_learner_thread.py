@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import threading
 
+from test_learner import A, make_batch
+
 from diswm.config import load_config
 from learner import Learner
 from replay_service.client import ReplaySpec
 from replay_service.server import RedisServer
-from tests.test_learner import A, make_batch
 
 
 def test_update_on_another_thread_than_the_builder_warns_once(tiny_cfg):

@@ -74,6 +74,16 @@ def test_actors_insert_learner_trains_and_weights_reach_actors(cluster):
     assert learner_stats(cluster)["error"] is None
 
 
+def test_actors_step_at_idle_cpu_priority_and_the_learner_at_normal(cluster):
+    # Read from the kernel, not from the actors' own account (diswm/priority.py).
+    for name in cluster.actor_names():
+        stats = actor_stats(cluster, name)
+        assert os.sched_getscheduler(stats["loop_tid"]) == os.SCHED_IDLE, name
+    stats = learner_stats(cluster)
+    assert os.sched_getscheduler(stats["loop_tid"]) == os.SCHED_OTHER
+    assert os.getpriority(os.PRIO_PROCESS, stats["loop_tid"]) < 19
+
+
 def _get_json(url: str) -> dict:
     import json
     import urllib.request
