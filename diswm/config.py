@@ -276,9 +276,9 @@ class RuntimeConfig:
     # Evaluate in a Ray actor of its own on a snapshot of the weights (the learner keeps
     # training); false evaluates inside the learner, which pauses for it.
     eval_actor: bool = True
-    # CPU priority of the actors' env loops and the evaluation actor (diswm/priority.py): "idle"
-    # (Linux SCHED_IDLE) lets a CPU learner's threads have the cores whenever they want them;
-    # "low" is niceness 19; "normal" leaves them as they are.
+    # CPU priority of the actors' env loops (diswm/priority.py): "idle" (Linux SCHED_IDLE) lets
+    # a CPU learner's threads have the cores whenever they want them; "low" is niceness 19;
+    # "normal" leaves them as they are. The evaluation actor stays at normal priority.
     background_priority: str = field(default="idle", metadata=_choices("idle", "low", "normal"))
 
     def actor_resource_map(self) -> dict[str, float]:

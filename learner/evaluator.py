@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from diswm import priority
 from diswm.config import build_config, replace
 from learner.learner import Learner
 
@@ -39,13 +38,9 @@ def evaluation_snapshot(learner: Learner, *, point: int, env_steps: int, scheme:
 
 class Evaluator:
     def __init__(self, cfg_dict: dict, action_dim: int, run_dir: str | Path,
-                 threads: int | None = None, background_priority: str | None = None):
-        """`threads`: torch's threads here; `background_priority`: the CPU priority of the thread
-        that evaluates (diswm/priority.py), for the evaluation actor; None leaves it as it is
-        (an evaluator inside the learner must not lower the learner's thread)."""
+                 threads: int | None = None):
         if threads:
             torch.set_num_threads(threads)
-        self.background_priority = background_priority
         cfg = build_config(cfg_dict)
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -58,8 +53,6 @@ class Evaluator:
         from learner.serial import evaluate_recorded, open_loop_eval
 
         cfg, learner = self.cfg, self.learner
-        if self.background_priority:  # the thread that runs this call; cheap to repeat
-            priority.lower(self.background_priority)
         learner.wm.load_state_dict(snapshot["wm"])
         learner.ac.load_state_dict(snapshot["ac"])
         learner.updates, learner.version = snapshot["updates"], snapshot["version"]

@@ -136,8 +136,7 @@ class LearnerService:
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
                 ray.get_runtime_context().get_node_id(), soft=True)
         self._evaluator = ray.remote(Evaluator).options(**opts).remote(
-            self.cfg.to_dict(), action_dim, str(self.run_dir), 1,
-            self.cfg.runtime.background_priority)
+            self.cfg.to_dict(), action_dim, str(self.run_dir), 1)
 
     def evaluate(self, env_steps: int, point: int, wait: bool = False) -> None:
         """Evaluate at grid `point` on a snapshot of the weights now, in the scheme in force:
