@@ -62,8 +62,8 @@ class LearnerActor:
                            f"{self.ledger.backoff(count):.0f} s before starting")
             time.sleep(self.ledger.backoff(count))
         # Built, warmed up and trained on one thread: PyTorch's OpenMP keeps a worker pool per
-        # calling thread, and two pools on 2 cores made every update 1.5x slower (the learner's
-        # `built_on`). The constructor waits for the build, so its errors reach the caller.
+        # calling thread, and two pools on 2 cores made every update sleep at its barriers
+        # (1.3x slower in a run; see the learner's `built_on`). The constructor waits for the build, so its errors reach the caller.
         built = threading.Event()
         self._go = threading.Event()
         self._build_error: BaseException | None = None
@@ -147,8 +147,8 @@ class LearnerActor:
 
         return {**base, "pid": os.getpid(),
                 "loop_tid": self._thread.native_id if self._thread is not None else None,
-                "metrics_port": self.metrics_port, "running": self.done() is False, "error": self.error, "failed": self.failed,
-                "node": _node_id()}
+                "metrics_port": self.metrics_port, "running": self.done() is False,
+                "error": self.error, "failed": self.failed, "node": _node_id()}
 
     def progress_lines(self, start: int = 0) -> list[str]:
         return self.lines[start:]
