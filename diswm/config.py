@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from diswm.priority import PRIORITIES
+
 PRESETS_RESOURCE = "presets.yaml"
 
 
@@ -279,7 +281,7 @@ class RuntimeConfig:
     # CPU priority of the actors' env loops (diswm/priority.py): "idle" (Linux SCHED_IDLE) lets
     # a CPU learner's threads have the cores whenever they want them; "low" is niceness 19;
     # "normal" leaves them as they are. The evaluation actor stays at normal priority.
-    background_priority: str = field(default="idle", metadata=_choices("idle", "low", "normal"))
+    background_priority: str = field(default="idle", metadata=_choices(*PRIORITIES))
 
     def actor_resource_map(self) -> dict[str, float]:
         return parse_resources(self.actor_resources, "runtime.actor_resources")

@@ -47,9 +47,3 @@ def lower(priority: str) -> str:
             log.info("niceness 19 refused (%s); priority left as it is", err)
     return "normal"
 
-
-def of_thread(tid: int = 0) -> str:
-    """The priority of thread `tid` (0: the calling one) in the terms of `lower`."""
-    if getattr(os, "sched_getscheduler", None) and os.sched_getscheduler(tid) == os.SCHED_IDLE:
-        return "idle"
-    return "low" if os.getpriority(os.PRIO_PROCESS, tid) >= 19 else "normal"

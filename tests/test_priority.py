@@ -16,7 +16,6 @@ def _in_a_thread(level: str) -> tuple[str, int, int]:
 
     def body() -> None:
         out["applied"] = priority.lower(level)
-        out["tid"] = threading.get_native_id()
         out["policy"] = os.sched_getscheduler(0)
         out["nice"] = os.getpriority(os.PRIO_PROCESS, 0)
     t = threading.Thread(target=body)
