@@ -171,7 +171,8 @@ def _cmd_bench_replay(args: argparse.Namespace) -> int:
     keys = ("compression", "insert_steps_per_s", "sample_batches_per_s", "sample_mb_per_s",
             "sample_batch_seconds", "prefetch_wait_seconds_median", "compression_ratio",
             "insert_ratio_vs_inprocess", "sample_ratio_vs_inprocess",
-            "sample_ratio_vs_inprocess_cached", "sample_ratio_whole_chunk_records")
+            "sample_ratio_vs_inprocess_cached", "sample_ratio_vs_inprocess_workers",
+            "sample_workers", "sample_ratio_whole_chunk_records")
     print(json.dumps({k: report[k] for k in keys}, indent=2))
     if args.json:
         print(f"wrote {args.json}", file=sys.stderr)

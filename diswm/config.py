@@ -255,6 +255,10 @@ class ReplayConfig:
     # Threads that decompress and copy a sampled batch (lz4 and numpy release the GIL); 0: half
     # the machine's CPUs, 1 to 4 (the learner's torch threads need the rest).
     sample_threads: int = field(default=0, metadata=_range(ge=0, le=64))
+    # Processes that sample batches for the learner into shared memory (replay_service/workers.py:
+    # no GIL between them, so the fetch and decode scale with cores); 0: sample in the learner's
+    # process, in a background thread. Each worker holds its own decoded-chunk cache.
+    sample_workers: int = field(default=0, metadata=_range(ge=0, le=64))
 
 
 @dataclass(frozen=True)

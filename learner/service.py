@@ -37,6 +37,7 @@ from learner.serial import (
     write_summary,
 )
 from replay_service.client import Prefetcher, ReplaySampler, ReplaySpec
+from replay_service.workers import SamplerPool
 
 
 class LearnerService:
@@ -222,8 +223,16 @@ class LearnerService:
     # -- the loop ------------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> dict[str, Any]:
         cfg, stop = self.cfg, stop or threading.Event()
-        prefetcher = Prefetcher(self.sampler, cfg.train.batch_size, cfg.train.batch_length,
-                                depth=max(cfg.replay.prefetch, 1), patient=True)
+        if cfg.replay.sample_workers:  # sampler processes, batches in shared memory
+            prefetcher = SamplerPool(self.spec, cfg.replay.sample_workers, cfg.train.batch_size,
+                                     cfg.train.batch_length,
+                                     seed=cfg.train.seed + self.learner.updates,
+                                     cache_chunks=self.sampler.cache_chunks,
+                                     depth=max(cfg.replay.prefetch, 1), patient=True)
+            self.progress(f"learner: {cfg.replay.sample_workers} sampler processes")
+        else:
+            prefetcher = Prefetcher(self.sampler, cfg.train.batch_size, cfg.train.batch_length,
+                                    depth=max(cfg.replay.prefetch, 1), patient=True)
         last_log, initial_done = time.perf_counter(), self.learner.updates > 0
         idle_since = 0.0
         try:

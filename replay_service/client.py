@@ -2,8 +2,9 @@
 
 This module is the service's front door; each role lives in its own file: `spec.py` (where a
 replay lives, connections, counters), `scripts.py` (the two Lua scripts), `writer.py`,
-`sampler.py` (index, cache, batches), `prefetch.py` (the learner's background thread), and
-`check.py` (`diswm replay check`).
+`sampler.py` (index, cache, batches), `prefetch.py` (the learner's background thread),
+`workers.py` (sampler processes that fill batches in shared memory), and `check.py`
+(`diswm replay check`).
 
     spec = ReplaySpec.from_config(cfg, port=server.port, password=server.password)
     writer = ReplayWriter(spec)                  # in each actor

@@ -76,6 +76,7 @@ class ReplaySampler:
         self._spare_batches: list[dict[str, np.ndarray]] = []
         self._min_diff, _ = spec.limits
         self.corrupt = 0
+        self.last_wait = self.last_duration = 0.0  # seconds, of the last batch
         ns = spec.namespace
         self._m_sampled = metrics.REPLAY_SAMPLED_SEQUENCES.labels(ns)
         self._m_wait = metrics.REPLAY_SAMPLE_WAIT.labels(ns)
@@ -91,6 +92,11 @@ class ReplaySampler:
                 log.warning("replay %r: %d shards on %d masters (%s): the cluster's slots are "
                             "not split evenly over %d masters, so some shards share a node",
                             ns, spec.shards, len(set(masters)), ", ".join(masters), spec.shards)
+
+    @property
+    def cache_chunks(self) -> int:
+        """How many chunks' decoded blocks the sampler's cache keeps (0: none)."""
+        return self._builder.cache_chunks
 
     @property
     def _index(self) -> SequenceIndex:
@@ -125,8 +131,10 @@ class ReplaySampler:
         else:
             raise RuntimeError(f"replay {self.spec.namespace!r}: could not assemble a batch; "
                                "too many chunks vanished or failed to decode")
-        self._m_wait.observe(clock["waited"])
-        self._m_duration.observe(time.perf_counter() - start - clock["waited"])
+        self.last_wait = clock["waited"]
+        self.last_duration = time.perf_counter() - start - clock["waited"]
+        self._m_wait.observe(self.last_wait)
+        self._m_duration.observe(self.last_duration)
         self._m_sampled.inc(batch_size)
         return out
 

@@ -11,8 +11,9 @@
 # cache. Results land in $OUT. Knobs: NO_GATE=1, NO_BENCH=1, NO_DIST=1, SIZES, MODES, BENCH_S (bench's
 # limit), COMPILE (the distributed run's train.compile), EVAL_EVERY, BUDGET (the call's seconds),
 # REPLAY=1 (first, `diswm bench replay` and `--shards 1 2 3` on the machine's 16 cores, issue 14;
-# WRITERS: its writer processes, 4 by default; SAMPLE_THREADS: a list of replay.sample_threads
-# for the sample-path bench; NO_SHARDS=1 skips the shard bench).
+# WRITERS: its writer processes, 4 by default; SAMPLE_THREADS: replay.sample_threads
+# for the sample-path bench; SAMPLE_WORKERS: a list of replay.sample_workers, each a bench run;
+# NO_SHARDS=1 skips the shard bench). DIST_WORKERS: the distributed run's replay.sample_workers.
 #
 #   run(command="bash scripts/gpu_check.sh", carry=[".whl", ".gl", ".inductor"], timeout_s=600)
 # The H100 compiled figure (issue 10), cold: a cold compile needs ~4 minutes, so give the bench
@@ -44,10 +45,12 @@ echo "setup done at $((SECONDS - T0)) s"
 
 # 0. The replay benches (CPU and Redis only; run before anything else loads the cores).
 if [ -n "${REPLAY:-}" ]; then
-  for t in ${SAMPLE_THREADS:-0}; do  # replay.sample_threads (0: the default, 4 there)
-    timeout 60 python3 -m diswm bench replay --set replay.sample_threads=$t \
-      --json "$OUT/replay-16cores-t$t.json" >"$OUT/replay-t$t.log" 2>&1
-    echo "replay (sample_threads=$t) rc=$? at $((SECONDS - T0)) s"; tail -8 "$OUT/replay-t$t.log"
+  for w in ${SAMPLE_WORKERS:-0}; do  # replay.sample_workers (0: the bench's default, 4 there)
+    t=${SAMPLE_THREADS:-0}  # replay.sample_threads (0: the default, 4 there)
+    timeout 150 python3 -m diswm bench replay --set replay.sample_threads=$t replay.sample_workers=$w \
+      --json "$OUT/replay-16cores-t$t-w$w.json" >"$OUT/replay-t$t-w$w.log" 2>&1
+    echo "replay (sample_threads=$t, sample_workers=$w) rc=$? at $((SECONDS - T0)) s"
+    tail -9 "$OUT/replay-t$t-w$w.log"
   done
   if [ -z "${NO_SHARDS:-}" ]; then
     timeout 100 python3 -m diswm bench replay --shards 1 2 3 --writers ${WRITERS:-4} \
@@ -81,6 +84,7 @@ RUN=/tmp/gpu-dist
 timeout -s INT -k 20 "$T" python3 -m diswm run --config finger_spin_to_cartpole_swingup dreamerv2 \
   --set distraction.enabled=false train.device=cuda train.precision=bf16 train.compile=${COMPILE:-true} \
         runtime.actors=8 train.eval_every=${EVAL_EVERY:-4000} train.eval_episodes=4 train.steps=200000 \
+        replay.sample_workers=${DIST_WORKERS:-0} \
   --run-dir "$RUN" >"$OUT/dist.log" 2>&1
 echo "distributed rc=$? at $((SECONDS - T0)) s"; tail -15 "$OUT/dist.log"
 tail -2 "$RUN/train.csv" 2>/dev/null; cat "$RUN/eval.csv" 2>/dev/null

@@ -5,7 +5,9 @@ are driven round-robin in one run. Keys: ``insert_ratio_vs_inprocess`` (Redis st
 in-process steps/s) and ``sample_ratio_vs_inprocess`` (B x T batches/s, likewise) with the
 sampler's cache off (every batch fetches and decodes what it uses: the service's worst case, and
 what uniform sampling from a large replay sees), ``sample_ratio_vs_inprocess_cached`` at the
-cache a learner uses (256 chunks; this benchmark's replay fits in it), for the configured
+cache a learner uses (256 chunks; this benchmark's replay fits in it),
+``sample_ratio_vs_inprocess_workers`` with the cache off in ``replay.sample_workers`` sampler
+processes (replay_service/workers.py; 0 there: ``default_workers()``), for the configured
 compression and block size; for comparison, the other codecs and whole-chunk records
 (``replay.block_steps=0``, the sample path before block records) in the same run. The rate
 limiter is off: this measures throughput, not the train ratio. Host memory is as in a learner's
@@ -32,6 +34,7 @@ from diswm.hostmem import reuse_freed_memory
 from replay_service.buffer import SequenceBuffer
 from replay_service.client import ReplaySampler, ReplaySpec, ReplayWriter
 from replay_service.server import RedisServer
+from replay_service.workers import SamplerPool, default_workers
 
 CODECS = ("lz4", "zstd", "none")
 
@@ -83,6 +86,8 @@ def bench_replay(cfg: Config, *, steps: int = 6000, batches: int = 6, rounds: in
     recorded = _frames(cfg, min(steps, 1000), cfg.train.seed)
     step_bytes = sum(np.asarray(v).nbytes for v in recorded[0].values())
     per_round = steps // rounds
+    workers = cfg.replay.sample_workers or default_workers()
+    pool = None
     with tempfile.TemporaryDirectory(prefix="diswm-bench-redis-") as tmp:
         server = RedisServer(tmp, persistence=cfg.replay.persistence, fsync=cfg.replay.fsync)
         server.start()
@@ -115,6 +120,10 @@ def bench_replay(cfg: Config, *, steps: int = 6000, batches: int = 6, rounds: in
             # No decoded-chunk cache: at scale (1M steps) uniform sampling almost never hits
             # it, so every batch here fetches and decodes all of its chunks from Redis.
             samplers = {c: ReplaySampler(s, seed=1, cache_chunks=0) for c, s in specs.items()}
+            # Sampler processes (replay.sample_workers), cache off too; each round asks them
+            # for exactly its batches, so no round starts with batches made ahead.
+            pool = SamplerPool(specs[codecs[0]], workers, batch_size, length, seed=3,
+                               cache_chunks=0)
             cached = ReplaySampler(specs[codecs[0]], seed=2)  # the learner's cache (256 chunks)
             for _ in range(20):  # fill it: this replay fits (a batch decodes what it uses)
                 cached.sample(batch_size, length)
@@ -129,6 +138,13 @@ def bench_replay(cfg: Config, *, steps: int = 6000, batches: int = 6, rounds: in
             sample_cases = {"inprocess": sampler_case(inproc.sample)}
             sample_cases |= {f"redis_{c}": sampler_case(s.sample) for c, s in samplers.items()}
             sample_cases[f"redis_{codecs[0]}_cached"] = sampler_case(cached.sample)
+
+            def pool_case(n: int) -> int:
+                for _ in pool.batches(n):
+                    pass
+                return n
+
+            sample_cases[f"redis_{codecs[0]}_workers"] = pool_case
             progress(f"sampling {batch_size}x{length} batches ...")
             sample = interleaved_rates(sample_cases, batches, rounds, progress)
 
@@ -145,7 +161,10 @@ def bench_replay(cfg: Config, *, steps: int = 6000, batches: int = 6, rounds: in
                     next(it)
                     waits.append(time.perf_counter() - start)
             stats = {c: s.stats() for c, s in samplers.items()}
+            pool_stats = pool.stats()
         finally:
+            if pool is not None:
+                pool.close()
             server.stop()
     primary = f"redis_{codecs[0]}"
     batch_mb = batch_size * length * step_bytes / 1e6
@@ -156,6 +175,8 @@ def bench_replay(cfg: Config, *, steps: int = 6000, batches: int = 6, rounds: in
         "chunk_length": cfg.replay.chunk_length,
         "block_steps": cfg.replay.block_steps,
         "sample_threads": cached._builder.threads,
+        "sample_workers": workers,
+        "sample_worker_restarts": pool_stats["restarts"],
         "persistence": cfg.replay.persistence,
         "host_memory": "reuse" if cfg.train.reuse_host_memory else "system",
         "batch": [batch_size, length],
@@ -175,6 +196,8 @@ def bench_replay(cfg: Config, *, steps: int = 6000, batches: int = 6, rounds: in
         "sample_ratio_vs_inprocess": sample[primary]["median"] / sample["inprocess"]["median"],
         "sample_ratio_vs_inprocess_cached": (sample[f"{primary}_cached"]["median"]
                                              / sample["inprocess"]["median"]),
+        "sample_ratio_vs_inprocess_workers": (sample[f"{primary}_workers"]["median"]
+                                              / sample["inprocess"]["median"]),
         "sample_ratio_whole_chunk_records": (
             sample[f"redis_{whole}"]["median"] / sample["inprocess"]["median"]
             if f"redis_{whole}" in sample else None),
