@@ -80,11 +80,14 @@ def test_bench_replay_writes_ratios(tmp_path):
     report = json.loads(out.read_text())
     insert, sample = report["insert_steps_per_s"], report["sample_batches_per_s"]
     stores = {"inprocess", "redis_lz4", "redis_zstd", "redis_none", "redis_lz4_whole_chunks"}
-    assert set(insert) == stores and set(sample) == stores | {"redis_lz4_cached"}
+    assert set(insert) == stores
+    assert set(sample) == stores | {"redis_lz4_cached", "redis_lz4_workers"}
+    assert report["sample_workers"] >= 2 and report["sample_worker_restarts"] == 0
     assert report["insert_ratio_vs_inprocess"] == pytest.approx(
         insert["redis_lz4"]["median"] / insert["inprocess"]["median"])
     for key, case in (("sample_ratio_vs_inprocess", "redis_lz4"),
                       ("sample_ratio_vs_inprocess_cached", "redis_lz4_cached"),
+                      ("sample_ratio_vs_inprocess_workers", "redis_lz4_workers"),
                       ("sample_ratio_whole_chunk_records", "redis_lz4_whole_chunks")):
         assert report[key] == pytest.approx(
             sample[case]["median"] / sample["inprocess"]["median"]), key
