@@ -207,7 +207,6 @@ class SamplerPool:
         self._stem = f"{_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         self._spec_json = json.dumps(asdict(spec))
         self._attached: dict[str, _Segment] = {}
-        self._order: deque[_Worker] = deque()  # which worker's reply comes next
         self._closed = False
         ns = spec.namespace
         self._m_sampled = metrics.REPLAY_SAMPLED_SEQUENCES.labels(ns)
@@ -244,17 +243,20 @@ class SamplerPool:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._top_up()
-            if not self._order:
+            busy = [w for w in self._workers if w.inflight]
+            if not busy:
                 if self._budget == 0:
                     raise RuntimeError("SamplerPool: the batches asked for were all taken")
-                # Every slot is held by the caller: add one to the next worker.
+                # Every slot is held by the caller: add one to the least loaded worker.
                 worker = min(self._workers, key=lambda w: len(w.slots))
                 self._ask(worker, max(worker.slots, default=-1) + 1)
-            worker = self._order[0]
+                busy = [worker]
+            # Whichever worker answers first (batches are drawn at random: order is no matter).
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = wait_any([worker.conn, worker.process.sentinel], left)
+            ready = wait_any([h for w in busy for h in (w.conn, w.process.sentinel)], left)
             if not ready:
                 return None
+            worker = next(w for w in busy if w.conn in ready or w.process.sentinel in ready)
             try:
                 if worker.conn not in ready or not worker.conn.poll():
                     raise EOFError
@@ -265,7 +267,6 @@ class SamplerPool:
                 self._restart(worker, "closed its pipe" if code is None
                               else f"exited with code {code}")
                 continue
-            self._order.popleft()
             slot = worker.inflight.popleft()
             if reply.get("error") == "timeout":
                 if self._budget is not None:
@@ -370,7 +371,6 @@ class SamplerPool:
         self.restarts += 1
         log.warning("replay %r: sampler worker %d %s; starting it again (restart %d)",
                     self.spec.namespace, worker.k, why, self.restarts)
-        self._order = deque(w for w in self._order if w is not worker)
         if self._budget is not None:
             self._budget += len(worker.inflight)  # those batches are still owed
         worker.conn.close()
@@ -388,7 +388,6 @@ class SamplerPool:
         info = worker.slots.setdefault(slot, {"held": None, "path": None})
         info["held"] = None
         worker.inflight.append(slot)
-        self._order.append(worker)
         try:
             worker.conn.send_bytes(json.dumps({
                 "slot": slot, "batch": self.shape[0], "length": self.shape[1],
@@ -397,18 +396,28 @@ class SamplerPool:
             pass  # it died: `get` sees its exit and starts it again
 
     def _top_up(self) -> None:
-        """Queue requests on each worker up to `depth`, into slots nobody holds."""
-        for worker in self._workers:
-            while len(worker.inflight) < self.depth and self._budget != 0:
-                free = [s for s, info in worker.slots.items()
-                        if s not in worker.inflight and _unheld(info["held"])]
-                if free:
-                    slot = free[0]
-                elif len(worker.slots) < self.depth + 2:
-                    slot = max(worker.slots, default=-1) + 1
-                else:
+        """Queue requests up to `depth` per worker, into slots nobody holds, one at a time to
+        the least loaded worker (so a limited number of batches is spread over all of them)."""
+        while self._budget != 0:
+            best = None
+            for worker in sorted(self._workers, key=lambda w: len(w.inflight)):
+                if len(worker.inflight) >= self.depth:
                     break
-                self._ask(worker, slot)
+                slot = self._free_slot(worker)
+                if slot is not None:
+                    best = (worker, slot)
+                    break
+            if best is None:
+                return
+            self._ask(*best)
+
+    def _free_slot(self, worker: _Worker) -> int | None:
+        for s, info in worker.slots.items():
+            if s not in worker.inflight and _unheld(info["held"]):
+                return s
+        if len(worker.slots) < self.depth + 2:
+            return max(worker.slots, default=-1) + 1
+        return None
 
     def _hand_out(self, worker: _Worker, slot: int, reply: dict) -> dict[str, np.ndarray]:
         path = reply["path"]
