@@ -1,7 +1,8 @@
 # ruff: noqa
 # Probe script, kept as it was run for this folder's logs (run from the repository root with
 # MUJOCO_GL=egl .venv/bin/python docs/results/cartpole_swingup-learning-proof/probe_prefill.py NAME UPDATES [KEY=VALUE ...];
-# environment: WARM=N world-model-only updates first, ACTOR_EPS=E Adam's epsilon for the actor).
+# environment: WARM=N world-model-only updates first, ACTOR_EPS=E Adam's epsilon for the actor,
+# ZERO_HEADS=1 the reward head's output layer starts at zero, =2 the critics' too).
 import os
 import sys
 import time
@@ -36,6 +37,14 @@ if var == "novalue":
 if var == "noreward":
     orig = B.lambda_return
     B.lambda_return = lambda r, v, d, b, l: orig(r * 0, v, d, b, l)
+def last_linear(mod):
+    return [m for m in mod.modules() if isinstance(m, torch.nn.Linear)][-1]
+if os.environ.get("ZERO_HEADS"):  # thirteenth session: DreamerV3's zero-initialised output layers
+    heads = [learner.wm.reward] + ([learner.ac.critic, learner.ac.slow_critic]
+                                   if os.environ["ZERO_HEADS"] == "2" else [])
+    for h in heads:
+        with torch.no_grad():
+            last_linear(h).weight.zero_(); last_linear(h).bias.zero_()
 warm = int(os.environ.get("WARM", "0"))
 if os.environ.get("ACTOR_EPS"):  # ninth session: Adam's epsilon for the actor alone
     for g in learner.opts["actor"].param_groups:
