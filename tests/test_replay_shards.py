@@ -97,6 +97,23 @@ def test_round_trip_across_shards(cluster):
     assert report["chunks"] == report["records"] == total["gseq"] - total["evicted"]
 
 
+def test_sampler_processes_sample_every_shard(cluster):
+    """replay.sample_workers on a sharded replay: each worker reaches the cluster, batches are
+    exact and come from every shard, and the shards' limiters count exactly what was asked."""
+    from replay_service.workers import SamplerPool
+
+    spec = spec_for(cluster)
+    fill(spec, lengths=(30, 20, 14))
+    seen_streams = set()
+    with SamplerPool(spec, 2, 9, 10, seed=6) as pool:
+        for batch in pool.batches(8):
+            check_batch(batch)
+            seen_streams |= set(batch["state"][:, 0, 1].astype(int))
+    assert seen_streams == set(range(SHARDS))
+    client = ReplaySampler(spec).client
+    assert sum(read_meta(client, spec, k)["samples"] for k in range(SHARDS)) == 8 * 9
+
+
 def test_writers_fifo_per_shard(cluster):
     """Each shard keeps capacity / shards steps, evicting its own oldest chunks."""
     spec = spec_for(cluster, capacity=3 * 40)
