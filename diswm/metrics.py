@@ -38,6 +38,9 @@ REPLAY_SAMPLE_DURATION = Histogram(
 REPLAY_CORRUPT_RECORDS = Counter(
     "diswm_replay_corrupt_records_total",
     "Stored records skipped because they failed to decode or check", ["namespace"])
+REPLAY_SAMPLER_RESTARTS = Counter(
+    "diswm_replay_sampler_restarts_total",
+    "Sampler processes (replay.sample_workers) that died and were started again", ["namespace"])
 REPLAY_SHARDS_UNREACHABLE = Gauge(
     "diswm_replay_shards_unreachable",
     "Replay shards (Redis Cluster nodes) the learner's sampler cannot reach now", ["namespace"])

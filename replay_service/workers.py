@@ -129,7 +129,10 @@ class _SlotSampler(ReplaySampler):
 
 
 def _serve(spec_json: str, seed: int, cache_chunks: int, stem: str, conn, stop) -> None:
-    """A worker: fill batches on request until told to stop or the pipe closes."""
+    """A worker: fill batches on request until told to stop, the pipe closes or the owner is
+    gone (a SIGKILL runs no cleanup: then the worker is re-parented)."""
+    owner = os.getppid()
+    stop = _Stop(stop, owner)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner handles Ctrl-C and closes us
     data = json.loads(spec_json)
     data["cluster_nodes"] = tuple(data.get("cluster_nodes", ()))
@@ -154,7 +157,17 @@ def _serve(spec_json: str, seed: int, cache_chunks: int, stem: str, conn, stop) 
         sampler.close()
 
 
-def _fill(sampler: _SlotSampler, req: dict, stop) -> dict:
+class _Stop:
+    """Set when the owner sets its event or the owner process is gone."""
+
+    def __init__(self, event, owner: int):
+        self.event, self.owner = event, owner
+
+    def is_set(self) -> bool:
+        return self.event.is_set() or os.getppid() != self.owner
+
+
+def _fill(sampler: _SlotSampler, req: dict, stop: _Stop) -> dict:
     """One request: sample into slot `req["slot"]`, waiting up to `req["timeout"]` seconds for
     the rate limiter (in steps of _POLL, so a stop is seen)."""
     sampler.slot = req["slot"]
@@ -213,6 +226,7 @@ class SamplerPool:
         self._m_wait = metrics.REPLAY_SAMPLE_WAIT.labels(ns)
         self._m_duration = metrics.REPLAY_SAMPLE_DURATION.labels(ns)
         self._m_corrupt = metrics.REPLAY_CORRUPT_RECORDS.labels(ns)
+        self._m_restarts = metrics.REPLAY_SAMPLER_RESTARTS.labels(ns)
         remove_stale_segments()
         self._workers = [_Worker(k) for k in range(workers)]
         try:
@@ -369,6 +383,7 @@ class SamplerPool:
             raise RuntimeError(f"replay {self.spec.namespace!r}: sampler worker {worker.k} "
                                f"{why}, {worker.failures} times without a batch in between")
         self.restarts += 1
+        self._m_restarts.inc()
         log.warning("replay %r: sampler worker %d %s; starting it again (restart %d)",
                     self.spec.namespace, worker.k, why, self.restarts)
         if self._budget is not None:

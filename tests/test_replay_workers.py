@@ -7,6 +7,7 @@ import dataclasses
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,6 +97,7 @@ def test_a_killed_worker_is_replaced_and_loses_nothing_handed_out(server, caplog
         for _ in range(8):
             check_batch(pool.sample(timeout=60), size=32)
         assert pool.restarts == 1
+        assert metric("diswm_replay_sampler_restarts_total", spec.namespace) == 1
         assert "sampler worker 0 exited with code -9" in caplog.text
         assert not list(_shm_dir().glob(f"{dead_stem}-*"))  # its slot files are gone
         for key, value in copy.items():  # the batch it had filled is still intact
@@ -159,3 +161,51 @@ def test_a_config_can_ask_for_sampler_processes():
     assert load_config(overrides=["replay.sample_workers=3"]).replay.sample_workers == 3
     with pytest.raises(ConfigError, match="replay.sample_workers"):
         load_config(overrides=["replay.sample_workers=-1"])
+
+
+_OWNER = """
+import sys, time
+from replay_service.client import ReplaySpec
+from replay_service.workers import SamplerPool
+if __name__ == "__main__":
+    spec = ReplaySpec(port=int(sys.argv[1]), password=sys.argv[2], namespace=sys.argv[3],
+                      chunk_length=16, block_steps=4, min_size=10_000, wait_timeout=120.0)
+    pool = SamplerPool(spec, 2, 4, 4, patient=True)
+    pool.get(timeout=0.5)  # the workers now wait on the limiter (too few steps)
+    print(" ".join(str(w.process.pid) for w in pool._workers), pool._stem, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_workers_of_a_killed_owner_exit_and_remove_their_files(server, tmp_path):
+    """An owner killed with SIGKILL (a learner Ray kills) runs no cleanup; its workers, even
+    ones waiting on the rate limiter, see it gone, exit and remove their files."""
+    import subprocess
+    import sys
+
+    spec = filled(server)
+    script = tmp_path / "owner.py"
+    script.write_text(_OWNER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    owner = subprocess.Popen([sys.executable, str(script), str(spec.port), spec.password,
+                              spec.namespace], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        line = owner.stdout.readline().split()
+        pids, stem = [int(p) for p in line[:-1]], line[-1]
+        assert len(pids) == 2 and all(Path(f"/proc/{p}").exists() for p in pids)
+    finally:
+        owner.kill()
+        owner.wait(timeout=10)
+    deadline = time.monotonic() + 20
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in pids if _alive(p)], "sampler workers outlived their owner"
+    assert not list(_shm_dir().glob(f"{stem}*"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited; its parent is gone and init reaps it
