@@ -330,7 +330,10 @@ class SamplerPool:
 
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
-            self.close()
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001 - at interpreter exit modules may be gone
+                pass
 
     # -- internals -----------------------------------------------------------------------------
     def _start(self, worker: _Worker) -> None:
