@@ -106,19 +106,18 @@ class _SlotSampler(ReplaySampler):
 
     def __init__(self, spec: ReplaySpec, seed: int, cache_chunks: int, stem: str):
         super().__init__(spec, seed=seed, cache_chunks=cache_chunks)
-        self.stem, self.slot = stem, 0
+        self.stem, self.slot, self.made = stem, 0, 0
         self.segments: dict[int, tuple[_Segment, list]] = {}
-        self.created = False
 
     def _batch_buffers(self, batch_size, length, schema):
         fields, size = _layout(batch_size, length, schema)
         have = self.segments.get(self.slot)
-        self.created = have is None or have[1] != fields
-        if self.created:
+        if have is None or have[1] != fields:
             if have is not None:
                 have[0].path.unlink(missing_ok=True)
-            path = _shm_dir() / f"{self.stem}-s{self.slot}"
-            path.unlink(missing_ok=True)
+            # A new file has a new name, so the owner never reads a replaced one by mistake.
+            self.made += 1
+            path = _shm_dir() / f"{self.stem}-s{self.slot}-v{self.made}"
             self.segments[self.slot] = (_Segment(path, size, create=True), fields)
         segment, fields = self.segments[self.slot]
         return _views(segment.map, fields)
@@ -187,7 +186,7 @@ def _fill(sampler: _SlotSampler, req: dict, stop: _Stop) -> dict:
     segment, fields = sampler.segments[req["slot"]]
     waited = time.monotonic() - start - sampler.last_duration  # the limiter's, every attempt
     return {"slot": req["slot"], "path": str(segment.path), "size": segment.size,
-            "fields": fields, "created": sampler.created, "corrupt": sampler.corrupt - before,
+            "fields": fields, "corrupt": sampler.corrupt - before,
             "wait": waited, "duration": sampler.last_duration}
 
 
@@ -438,12 +437,13 @@ class SamplerPool:
         return None
 
     def _hand_out(self, worker: _Worker, slot: int, reply: dict) -> dict[str, np.ndarray]:
-        path = reply["path"]
+        path, info = reply["path"], worker.slots[slot]
+        if info["path"] not in (None, path):  # the worker replaced this slot's file
+            self._attached.pop(info["path"], None)
         segment = self._attached.get(path)
-        if reply["created"] or segment is None or segment.size != reply["size"]:
+        if segment is None:
             segment = self._attached[path] = _Segment(Path(path), reply["size"], create=False)
         arrays = _views(segment.map, reply["fields"])
-        info = worker.slots[slot]
         info["held"], info["path"] = arrays, path
         self._m_sampled.inc(self.shape[0])
         self._m_wait.observe(reply["wait"])
