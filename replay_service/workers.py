@@ -12,8 +12,8 @@ batches straight into shared-memory slots, which the caller receives as numpy vi
     batch = pool.get(timeout=0.5)      # or None if none came within the timeout
     pool.close()
 
-What crosses between the processes: JSON requests and replies on a pipe (no pickle; the spec is
-plain data) and the batch's raw bytes in a shared-memory file (`/dev/shm`, mode 0600, created
+What crosses between the processes: JSON requests and replies on a pipe (multiprocessing's
+start pickles only the pool's own pipe, stop event and the spec as a JSON string) and the batch's raw bytes in a shared-memory file (`/dev/shm`, mode 0600, created
 exclusively, named after the pool's process id; the pool removes them on close, and a pool's
 start removes any left by a pool whose process is gone). A slot is filled again only once
 nothing holds the arrays handed out from it (the caller's dict, a view, a tensor made from
