@@ -76,7 +76,7 @@ class ReplaySampler:
         self._spare_batches: list[dict[str, np.ndarray]] = []
         self._min_diff, _ = spec.limits
         self.corrupt = 0
-        self.last_wait = self.last_duration = 0.0  # seconds, of the last batch
+        self.last_duration = 0.0  # seconds the last batch took, waiting on the limiter aside
         ns = spec.namespace
         self._m_sampled = metrics.REPLAY_SAMPLED_SEQUENCES.labels(ns)
         self._m_wait = metrics.REPLAY_SAMPLE_WAIT.labels(ns)
@@ -131,9 +131,8 @@ class ReplaySampler:
         else:
             raise RuntimeError(f"replay {self.spec.namespace!r}: could not assemble a batch; "
                                "too many chunks vanished or failed to decode")
-        self.last_wait = clock["waited"]
         self.last_duration = time.perf_counter() - start - clock["waited"]
-        self._m_wait.observe(self.last_wait)
+        self._m_wait.observe(clock["waited"])
         self._m_duration.observe(self.last_duration)
         self._m_sampled.inc(batch_size)
         return out
@@ -146,8 +145,7 @@ class ReplaySampler:
         shapes = {k: ((batch_size, length, *shape), np.dtype(dtype))
                   for k, (dtype, shape) in schema.items()}
         for arrays in self._spare_batches:
-            # Two references: the pool's dict and getrefcount's argument.
-            if all(sys.getrefcount(arrays[k]) == 2 for k in arrays) and {
+            if unheld(arrays) and {
                     k: (a.shape, a.dtype) for k, a in arrays.items()} == shapes:
                 return dict(arrays)
         arrays = {k: np.empty(shape, dtype) for k, (shape, dtype) in shapes.items()}
@@ -504,6 +502,12 @@ class ReplaySampler:
                     where, why)
         shard.index.remove(gseq)
         shard.layouts.pop(gseq, None)
+
+
+def unheld(arrays: Mapping[str, np.ndarray]) -> bool:
+    """Whether nobody but `arrays` holds its arrays (not a caller, a view or a tensor made from
+    them): two references each, the mapping's and getrefcount's argument."""
+    return all(sys.getrefcount(arrays[k]) == 2 for k in arrays)
 
 
 def _runs(sections: list[int]) -> list[tuple[int, int]]:

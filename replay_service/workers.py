@@ -34,7 +34,6 @@ import multiprocessing as mp
 import os
 import secrets
 import signal
-import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -46,7 +45,7 @@ import numpy as np
 
 from diswm import metrics
 from replay_service.chunks import Schema
-from replay_service.sampler import ReplaySampler
+from replay_service.sampler import ReplaySampler, unheld
 from replay_service.spec import ReplaySpec, ReplayTimeout
 
 log = logging.getLogger(__name__)
@@ -196,7 +195,7 @@ class _Worker:
         self.stem = ""
         self.process = self.conn = None
         self.inflight: deque[int] = deque()  # slots asked for, in order
-        self.slots: dict[int, dict] = {}  # slot -> {"segment", "fields", "held"}
+        self.slots: dict[int, dict] = {}  # slot -> {"held": arrays handed out, "path": its file}
 
 
 class SamplerPool:
@@ -430,7 +429,7 @@ class SamplerPool:
 
     def _free_slot(self, worker: _Worker) -> int | None:
         for s, info in worker.slots.items():
-            if s not in worker.inflight and _unheld(info["held"]):
+            if s not in worker.inflight and (info["held"] is None or unheld(info["held"])):
                 return s
         if len(worker.slots) < self.depth + 2:
             return max(worker.slots, default=-1) + 1
@@ -451,12 +450,6 @@ class SamplerPool:
         if reply["corrupt"]:
             self._m_corrupt.inc(reply["corrupt"])
         return dict(arrays)
-
-
-def _unheld(arrays: dict[str, np.ndarray] | None) -> bool:
-    # Two references to each array when nobody else holds it: the slot's dict and
-    # getrefcount's argument (as ReplaySampler._batch_buffers).
-    return arrays is None or all(sys.getrefcount(arrays[k]) == 2 for k in arrays)
 
 
 def remove_stale_segments() -> int:
