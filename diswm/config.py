@@ -147,7 +147,8 @@ class BehaviourConfig:
     lambda_: float = field(default=0.95, metadata=_range(ge=0.0, le=1.0))
     actor_layers: int = field(default=4, metadata=_range(ge=1))
     critic_layers: int = field(default=4, metadata=_range(ge=1))
-    actor_dist: str = field(default="trunc_normal", metadata=_choices("trunc_normal", "tanh_normal"))
+    actor_dist: str = field(default="trunc_normal", metadata=_choices("trunc_normal", "tanh_normal",
+                                                                  "normal_released"))
     actor_grad: str = field(default="dynamics", metadata=_choices("dynamics", "reinforce"))
     actor_entropy: float = field(default=1e-4, metadata=_range(ge=0.0))
     slow_critic_update: int = field(default=100, metadata=_range(ge=1))

@@ -25,7 +25,12 @@ from diswm.models import (
     standard_normal_kl,
     video_scales,
 )
-from diswm.models.dists import TruncNormal, straight_through_onehot, unit_normal_nll
+from diswm.models.dists import (
+    TruncNormal,
+    UntruncatedNormal,
+    straight_through_onehot,
+    unit_normal_nll,
+)
 from diswm.models.nets import preprocess_image
 
 A = 6  # action dims (cheetah)
@@ -319,6 +324,26 @@ def test_trunc_normal_density_entropy_and_support():
     m = torch.zeros(1000, 2, requires_grad=True)
     TruncNormal(m, torch.full((1000, 2), 0.5)).rsample().mean().backward()
     assert m.grad.abs().sum() > 0
+
+
+def test_released_untruncated_normal_equals_torch_distributions():
+    """`actor_dist: normal_released` (the authors' learner): a plain normal, not truncated."""
+    mean = torch.tensor([[-0.9, 0.0, 0.99]])
+    std = torch.tensor([[0.3, 1.5, 1.1]])
+    ref = torch.distributions.Independent(torch.distributions.Normal(mean, std), 1)
+    dist = UntruncatedNormal(mean, std)
+    x = torch.tensor([[-2.0, 0.3, 1.7]])
+    torch.testing.assert_close(dist.log_prob(x), ref.log_prob(x))
+    torch.testing.assert_close(dist.entropy(), ref.entropy())
+    torch.manual_seed(0)
+    xs = UntruncatedNormal(mean.expand(200_000, 3), std.expand(200_000, 3)).rsample()
+    torch.testing.assert_close(xs.mean(0), mean[0], atol=0.01, rtol=0)
+    torch.testing.assert_close(xs.std(0), std[0], atol=0.01, rtol=0)
+    # Not truncated: at mean 0.99 and std 1.1 about half the draws lie above 1.
+    assert 0.45 < float((xs[:, 2] > 1).float().mean()) < 0.55
+    m = torch.zeros(10, 1, requires_grad=True)
+    UntruncatedNormal(m, torch.ones(10, 1)).rsample().sum().backward()
+    torch.testing.assert_close(m.grad, torch.ones(10, 1))  # reparameterised: dx/dmean = 1
 
 
 def test_rssm_is_first_resets_state():

@@ -87,6 +87,26 @@ def test_explore_samples_within_bounds_and_differs_from_eval(setup):
     assert np.all(np.abs(a1) <= 1) and not np.allclose(a1, a2)
 
 
+def test_untruncated_actor_actions_are_clipped_to_the_action_space():
+    """`normal_released` samples outside [-1, 1]; the env gets (and the replay stores) the
+    clipped action, and the RSSM is fed that same action."""
+    cfg = load_config(["tiny"], ["behaviour.actor_dist=normal_released"])
+    learner = Learner(cfg, A)
+    with torch.no_grad():  # a saturated mean with a wide std: most draws leave [-1, 1]
+        last = learner.ac.actor.net.net[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.cat([torch.full((A,), 3.0), torch.full((A,), 6.0)]))
+    explore = Policy(cfg, A, N, mode="explore")
+    explore.load_weights(*learner.get_weights("policy"))
+    torch.manual_seed(0)
+    frames = np.random.default_rng(0).integers(0, 256, (N, 64, 64, 3), dtype=np.uint8)
+    actions = np.concatenate([explore(obs(frames, np.zeros(N))) for _ in range(20)])
+    assert np.all(np.abs(actions) <= 1)
+    assert 0.3 < np.mean(actions == 1.0) < 0.7  # clipped, not truncated: mass at the bound
+    assert np.mean(actions < 0.5) > 0.1  # and the rest spread below it
+    np.testing.assert_array_equal(explore.prev_action.numpy(), actions[-N:])
+
+
 def test_load_weights_rejects_missing_keys_and_bad_batches(setup):
     cfg, learner, frames = setup
     policy = Policy(cfg, A, N)

@@ -90,6 +90,9 @@ class Policy:
         embed = self.encoder.embed(image, sample=sample)
         post, _ = self.rssm.obs_step(self.state, self.prev_action, embed, is_first, sample=sample)
         dist = self.actor(RSSM.feat(post))
-        action = dist.sample() if explore else dist.mode()
+        # The env's action space is [-1, 1]: a no-op for the truncated and tanh normals; the
+        # released learner's untruncated normal (`normal_released`) is clipped here, and the
+        # clipped action is the one the replay stores and the RSSM is fed.
+        action = (dist.sample() if explore else dist.mode()).clamp(-1.0, 1.0)
         self.state, self.prev_action = post, action
         return action.cpu().numpy().astype(np.float32)

@@ -19,7 +19,13 @@ import torch
 from torch import Tensor, nn
 
 from diswm.config import BehaviourConfig
-from diswm.models.dists import TanhNormal, TruncNormal, bounded_std, unit_normal_nll
+from diswm.models.dists import (
+    TanhNormal,
+    TruncNormal,
+    UntruncatedNormal,
+    bounded_std,
+    unit_normal_nll,
+)
 from diswm.models.losses import lambda_return
 from diswm.models.nets import MLP
 from diswm.models.rssm import RSSM, State
@@ -52,14 +58,18 @@ class Actor(nn.Module):
     def params(self, feat: Tensor) -> tuple[Tensor, Tensor]:
         """The distribution's (mean, std), float32, each (..., A)."""
         mean, std = self.net(feat).chunk(2, -1)
-        if self.dist == "trunc_normal":
+        if self.dist in ("trunc_normal", "normal_released"):
             return torch.tanh(mean), bounded_std(std, self.min_std)
         return 5.0 * torch.tanh(mean / 5.0), nn.functional.softplus(std) + 1e-4
 
-    def make_dist(self, mean: Tensor, std: Tensor) -> TruncNormal | TanhNormal:
-        return TruncNormal(mean, std) if self.dist == "trunc_normal" else TanhNormal(mean, std)
+    def make_dist(self, mean: Tensor, std: Tensor) -> TruncNormal | TanhNormal | UntruncatedNormal:
+        if self.dist == "trunc_normal":
+            return TruncNormal(mean, std)
+        if self.dist == "normal_released":
+            return UntruncatedNormal(mean, std)
+        return TanhNormal(mean, std)
 
-    def forward(self, feat: Tensor) -> TruncNormal | TanhNormal:
+    def forward(self, feat: Tensor) -> TruncNormal | TanhNormal | UntruncatedNormal:
         return self.make_dist(*self.params(feat))
 
 

@@ -8,6 +8,9 @@
   (mean = tanh(x), std = 2 * sigmoid(x / 2) + 0.1), with reparameterised samples
   (inverse-CDF: x = mu + sigma * Phi^-1(Phi(a) + u (Phi(b) - Phi(a))), u ~ U(0, 1)), exact
   log-prob and entropy, summed over the action dimensions (an Independent distribution).
+* `UntruncatedNormal`: what the authors' released learner samples from its "truncated normal"
+  (`actor_dist: normal_released`; a probe, not DreamerV2): the same mean and std, but samples,
+  log-probs and entropy of the plain normal, so samples fall outside [-1, 1].
 """
 
 from __future__ import annotations
@@ -99,6 +102,35 @@ class TruncNormal:
         ent = (_LOG_SQRT_2PI + 0.5 + torch.log(self.std) + torch.log(self.Z)
                + (a * _phi(a) - b * _phi(b)) / (2.0 * self.Z))
         return ent.sum(-1)
+
+
+class UntruncatedNormal:
+    """Independent normals N(mean, std) over the last dim, with no truncation.
+
+    The authors' released learner (qiwang067/DisWM, from dreamer-torch) wraps its truncated
+    normal in a distribution whose ``rsample`` reaches ``torch.distributions.Normal.rsample``:
+    its imagined actions are plain normal draws (about 41% outside [-1, 1] at the initial std),
+    and its log-prob and entropy are the normal's. The env clips what it is sent. Kept as a
+    probe of why that learner does not get stuck (docs/results/cartpole_swingup-learning-proof,
+    point 19); DreamerV2 and this project's default truncate."""
+
+    def __init__(self, mean: Tensor, std: Tensor):
+        self.mean_, self.std = mean, std
+
+    def rsample(self) -> Tensor:
+        return self.mean_ + self.std * torch.randn_like(self.mean_)
+
+    sample = rsample
+
+    def mode(self) -> Tensor:
+        return self.mean_
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        xi = (x - self.mean_) / self.std
+        return (-0.5 * xi * xi - _LOG_SQRT_2PI - torch.log(self.std)).sum(-1)
+
+    def entropy(self) -> Tensor:
+        return (_LOG_SQRT_2PI + 0.5 + torch.log(self.std)).sum(-1)
 
 
 class TanhNormal:
