@@ -115,22 +115,21 @@ class UntruncatedNormal:
     point 19); DreamerV2 and this project's default truncate."""
 
     def __init__(self, mean: Tensor, std: Tensor):
-        self.mean_, self.std = mean, std
+        self.base = torch.distributions.Normal(mean, std, validate_args=False)
 
     def rsample(self) -> Tensor:
-        return self.mean_ + self.std * torch.randn_like(self.mean_)
+        return self.base.rsample()
 
     sample = rsample
 
     def mode(self) -> Tensor:
-        return self.mean_
+        return self.base.mean
 
     def log_prob(self, x: Tensor) -> Tensor:
-        xi = (x - self.mean_) / self.std
-        return (-0.5 * xi * xi - _LOG_SQRT_2PI - torch.log(self.std)).sum(-1)
+        return self.base.log_prob(x).sum(-1)
 
     def entropy(self) -> Tensor:
-        return (_LOG_SQRT_2PI + 0.5 + torch.log(self.std)).sum(-1)
+        return self.base.entropy().sum(-1)
 
 
 class TanhNormal:
