@@ -45,7 +45,8 @@ class ActorWorker:
         self.envs = [make_env(cfg.env, cfg.distraction, seed=base + j) for j in range(k)]
         self.streams = [f"actor{index}/env{j}/{self.incarnation}" for j in range(k)]
         self.action_dim = int(self.envs[0].act_space.shape[0])
-        self.policy = Policy(cfg, self.action_dim, k, mode="explore")
+        self.policy = Policy(cfg, self.action_dim, k, mode="explore",
+                             compile=cfg.runtime.policy_compile, log=self._say)
         self.stopping = threading.Event()  # set by the shell: blocked inserts give way
         # On a sharded replay actor i writes shard i mod shards: the shards fill evenly.
         self.writer = ReplayWriter(spec, interrupt=self._interrupted, shard=index % spec.shards)
@@ -83,6 +84,11 @@ class ActorWorker:
         self.prev_actions = np.zeros((k, self.action_dim), np.float32)
         for j, obs in enumerate(self.obs):
             self._store(j, obs, self.prev_actions[j])
+
+    def _say(self, msg: str) -> None:
+        """The policy's compile line: a fallback to eager is a warning, the rest information."""
+        log.log(logging.WARNING if "eagerly" in msg else logging.INFO, "actor %d: %s",
+                self.index, msg)
 
     def _teacher(self, spec: ReplaySpec) -> TeacherLatents | None:
         """The frozen teacher, when this run stores its latents (diswm/agent/teacher.py); None

@@ -185,7 +185,8 @@ def _cmd_bench_actors(args: argparse.Namespace) -> int:
     report = bench_actors(_config(args), seconds=args.seconds, json_path=args.json,
                           progress=lambda msg: print(msg, file=sys.stderr))
     keys = ("env_steps_per_s", "actor_efficiency_vs_raw_env", "scaling_2_vs_1", "weight_bytes",
-            "weight_publish_seconds", "weight_fetch_seconds")
+            "weight_publish_seconds", "weight_fetch_seconds", "policy_compile",
+            "policy_compile_speedup", "policy_step_ms", "policy_compile_seconds")
     print(json.dumps({k: report[k] for k in keys}, indent=2))
     return 0
 

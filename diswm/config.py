@@ -287,6 +287,9 @@ class RuntimeConfig:
     # a CPU learner's threads have the cores whenever they want them; "low" is niceness 19;
     # "normal" leaves them as they are. The evaluation actor stays at normal priority.
     background_priority: str = field(default="idle", metadata=_choices(*PRIORITIES))
+    # torch.compile each actor's policy step (diswm/agent/policy.py): on a CPU the small
+    # presets' policies spend most of a step in per-op dispatch (README, "The actors' policy").
+    policy_compile: bool = False
 
     def actor_resource_map(self) -> dict[str, float]:
         return parse_resources(self.actor_resources, "runtime.actor_resources")

@@ -125,3 +125,33 @@ def test_load_weights_rejects_missing_keys_and_bad_batches(setup):
         policy(obs(frames[0][:2], np.ones(2)))
     with pytest.raises(ValueError, match="mode"):
         Policy(cfg, A, N, mode="greedy")
+
+
+@pytest.mark.parametrize("mode,envs", [("explore", 1), ("explore", 3), ("eval", 3)])
+def test_compiled_policy_step_equals_the_eager_one(mode, envs):
+    """`runtime.policy_compile`: the compiled step gives the eager step's actions and states
+    (the same random draws: torch's generator), takes new weights in place, sees episode
+    starts, and compiles once (one env, an actor's default, included)."""
+    from torch._dynamo.utils import counters
+
+    cfg = load_config(["tiny"])
+    learners = [Learner(cfg, A), Learner(replace(cfg, train={"seed": 1}), A)]
+    eager = Policy(cfg, A, envs, mode=mode)
+    compiled = Policy(cfg, A, envs, mode=mode, compile=True)
+    assert compiled.compile_state == "pending" and eager.compile_state == "eager"
+    frames = np.random.default_rng(0).integers(0, 256, (5, envs, 64, 64, 3), dtype=np.uint8)
+    starts = [row[:envs] for row in ([1, 1, 1], [0, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0])]
+    graphs = counters["stats"]["unique_graphs"]
+    for learner in learners:
+        for policy in (eager, compiled):
+            policy.load_weights(*learner.get_weights("policy"))
+        for t in range(len(frames)):
+            torch.manual_seed(t)
+            want = eager(obs(frames[t], starts[t]))
+            torch.manual_seed(t)
+            got = compiled(obs(frames[t], starts[t]))
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+            for key, value in eager.state.items():
+                torch.testing.assert_close(compiled.state[key], value, rtol=1e-5, atol=1e-5)
+    assert compiled.compile_state == "compiled"
+    assert counters["stats"]["unique_graphs"] - graphs == 1  # no second compile: not for new weights, nor for its own states

@@ -232,6 +232,26 @@ def test_actor_stop_flushes_partial_episodes(tmp_path):
         assert read_meta(server.client(), spec)["inserts"] == stepped
 
 
+def test_actor_worker_compiles_its_policy_when_asked(tmp_path):
+    """`runtime.policy_compile=true`: the actor acts with the compiled policy step once the run
+    has weights; off (the default), the policy stays eager."""
+    from actors.worker import ActorWorker
+    from learner.learner import Learner
+
+    for flag, want in (("true", "compiled"), ("false", "eager")):
+        cfg = load_config(["tiny"], [f"runtime.policy_compile={flag}", "train.prefill=0"])
+        with RedisServer(tmp_path / f"redis-{flag}", persistence="none") as server:
+            spec = ReplaySpec.from_config(cfg, port=server.port, password=server.password)
+            learner = Learner(cfg, action_dim_of(cfg))
+            WeightStore(server.client(), spec.namespace).publish(*learner.get_weights("policy"))
+            worker = ActorWorker(cfg, 0, spec)
+            for _ in range(3):
+                worker.step()
+            assert worker.policy.version == learner.version
+            assert worker.policy.compile_state == want
+            worker.close()
+
+
 def test_actor_worker_matches_a_plain_env_loop(tmp_path):
     """The actor's envs produce what a plain loop over make_env with the same seed produces."""
     from actors.worker import ActorWorker

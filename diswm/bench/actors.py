@@ -1,7 +1,8 @@
 """`diswm bench actors`: what the actor shell costs, and how actors scale, on this machine.
 
 * baseline: the same K envs stepped in a plain loop with the same policy in this process (no Ray,
-  no replay, no metrics), measured before and after the Ray cases (their mean);
+  no replay, no metrics; one torch thread, as an actor), measured before and after the Ray cases
+  (their mean);
 * 1 actor: a Ray `EnvActor` doing the same stepping and streaming every step into a real Redis
   replay (limiter off), counting through the run's control plane;
 * 2 actors: the same with two.
@@ -9,6 +10,12 @@
 Keys: ``actor_efficiency_vs_raw_env`` = 1-actor env steps/s / baseline env steps/s and
 ``scaling_2_vs_1`` = 2-actor env steps/s / 1-actor env steps/s. Also the weight broadcast cost:
 ``weight_publish_seconds`` (learner side) and ``weight_fetch_seconds`` (actor side).
+
+The plain loop runs with both policy settings (`runtime.policy_compile` off and on), each before
+and after the Ray cases: ``policy_compile_speedup`` = compiled-policy loop env steps/s / eager
+loop env steps/s (means of before/after), ``policy_step_ms`` the policy call alone in each
+setting, and ``policy_compile_seconds`` the first compiled call (kept out of every rate). The
+baseline of ``actor_efficiency_vs_raw_env`` is the loop with the config's own setting.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import uuid
 from typing import Any
 
 import numpy as np
+import torch
 
 from diswm.agent import Policy
 from diswm.bench.common import write_report
@@ -28,27 +36,46 @@ from diswm.control import RunControl
 from diswm.envs import make_env
 
 
-def _plain_loop(cfg: Config, weights, seconds: float) -> float:
-    """Env steps/s of K envs + the batched policy in one plain loop."""
+def _plain_loop(cfg: Config, weights, seconds: float, *, compile_policy: bool) -> dict:
+    """Env steps/s of K envs + the batched policy in one plain loop, the policy's share of it
+    (ms per call) and its compile time (the first call, before the clock starts)."""
     k = cfg.runtime.envs_per_actor
     envs = [make_env(cfg.env, cfg.distraction, seed=1000 + j) for j in range(k)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every actor runs its policy (actors/ray_actor.py)
     try:
         dim = envs[0].act_space.shape[0]
-        policy = Policy(cfg, dim, k)
+        policy = Policy(cfg, dim, k, compile=compile_policy)
         policy.load_weights(*weights)
         obs = [env.reset() for env in envs]
-        steps, start = 0, time.perf_counter()
+
+        def batch():
+            return {"image": np.stack([o["image"] for o in obs]),
+                    "is_first": np.array([o["is_first"] for o in obs])}
+
+        start = time.perf_counter()
+        policy(batch())  # compiles here when asked to
+        compile_seconds = time.perf_counter() - start if compile_policy else 0.0
+        if compile_policy and policy.compile_state != "compiled":
+            raise RuntimeError(f"the policy step did not compile ({policy.compile_state})")
+        steps = calls = 0
+        in_policy, start = 0.0, time.perf_counter()
         while time.perf_counter() - start < seconds:
-            actions = policy({"image": np.stack([o["image"] for o in obs]),
-                              "is_first": np.array([o["is_first"] for o in obs])})
+            t0 = time.perf_counter()
+            actions = policy(batch())
+            in_policy += time.perf_counter() - t0
+            calls += 1
             for j, env in enumerate(envs):
                 before = env.episode_env_steps
                 obs[j] = env.step(actions[j])
                 steps += env.episode_env_steps - before
                 if obs[j]["is_last"]:
                     obs[j] = env.reset()
-        return steps / (time.perf_counter() - start)
+        return {"env_steps_per_s": steps / (time.perf_counter() - start),
+                "policy_step_ms": 1e3 * in_policy / max(calls, 1),
+                "compile_seconds": compile_seconds}
     finally:
+        torch.set_num_threads(threads)
         for env in envs:
             env.close()
 
@@ -76,9 +103,17 @@ def bench_actors(cfg: Config, *, seconds: float = 20.0, warmup: float = 8.0, jso
         action_dim = int(env.act_space.shape[0])
     learner = Learner(cfg, action_dim, device="cpu")
     weights = learner.get_weights("policy")
-    progress(f"baseline: {cfg.runtime.envs_per_actor} env(s) + policy in a plain loop, "
-             f"{seconds:.0f}s")
-    base_before = _plain_loop(cfg, weights, seconds)
+    own = cfg.runtime.policy_compile
+    loops: dict[bool, list[dict]] = {False: [], True: []}
+
+    def plain_loops(when: str) -> None:
+        for compiled in (own, not own):  # the config's own setting first, then the other
+            progress(f"baseline {when}: {cfg.runtime.envs_per_actor} env(s) + "
+                     f"{'compiled' if compiled else 'eager'} policy in a plain loop, "
+                     f"{seconds:.0f}s")
+            loops[compiled].append(_plain_loop(cfg, weights, seconds, compile_policy=compiled))
+
+    plain_loops("before")
     with tempfile.TemporaryDirectory(prefix="diswm-bench-actors-") as tmp:
         cluster = Cluster.create(cfg, tmp, num_cpus=4)
         try:
@@ -100,15 +135,22 @@ def bench_actors(cfg: Config, *, seconds: float = 20.0, warmup: float = 8.0, jso
             cluster.shutdown()
             if ray.is_initialized():
                 ray.shutdown()
-    progress(f"baseline again, {seconds:.0f}s")
-    base_after = _plain_loop(cfg, weights, seconds)
-    baseline = (base_before + base_after) / 2
+    plain_loops("after")
+    rate = {c: [r["env_steps_per_s"] for r in loops[c]] for c in loops}
+    baseline = float(np.mean(rate[own]))
     return write_report(json_path, {
         "bench": "actors", "task": cfg.env.task, "render_quality": cfg.env.render_quality,
         "envs_per_actor": cfg.runtime.envs_per_actor, "seconds_per_case": seconds,
+        "policy_compile": own,
         "baseline": "plain loop: the same envs and policy in one process, mean of before/after",
-        "env_steps_per_s": {"plain_loop_before": base_before, "plain_loop_after": base_after,
+        "env_steps_per_s": {"plain_loop_before": rate[own][0], "plain_loop_after": rate[own][1],
+                            "plain_loop_eager_policy": rate[False],
+                            "plain_loop_compiled_policy": rate[True],
                             "one_actor": one, "two_actors": two},
+        "policy_compile_speedup": float(np.mean(rate[True]) / np.mean(rate[False])),
+        "policy_step_ms": {"eager": [r["policy_step_ms"] for r in loops[False]],
+                           "compiled": [r["policy_step_ms"] for r in loops[True]]},
+        "policy_compile_seconds": [r["compile_seconds"] for r in loops[True]],
         "actor_efficiency_vs_raw_env": one / baseline,
         "scaling_2_vs_1": two / one,
         "weight_bytes": nbytes,

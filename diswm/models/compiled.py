@@ -34,11 +34,15 @@ class Compiled:
 
     def __init__(self, fn: Callable, name: str, *, log: Callable[[str], None] | None = None,
                  enabled: bool = True, backend: str | Callable = "inductor",
-                 mode: str | None = None):
+                 mode: str | None = None, options: dict[str, Any] | None = None):
         self.fn, self.name, self.log = fn, name, log or (lambda msg: None)
         mode = None if mode in (None, "default") or backend != "inductor" else mode
-        self._compiled = (torch.compile(fn, dynamic=False, backend=backend, mode=mode)
-                          if enabled else None)
+        # `options`: inductor settings for this region only (torch.compile's `options`).
+        options = options if backend == "inductor" and options else None
+        if mode and options:
+            raise ValueError(f"{name}: torch.compile takes a mode or options, not both")
+        self._compiled = (torch.compile(fn, dynamic=False, backend=backend, mode=mode,
+                                        options=options) if enabled else None)
         self.state = "pending" if enabled else "eager"  # pending -> compiled | fallback
         self.compile_seconds = 0.0  # the first compiled call (tracing + codegen + run)
         self.error = ""
@@ -59,8 +63,8 @@ class Compiled:
             self.log(f"compile: {self.name} runs eagerly; torch.compile failed ({self.error})")
             return self.fn(*args, **kwargs)
         self.state, self.compile_seconds = "compiled", time.perf_counter() - start
-        self.log(f"compile: {self.name} compiled in {self.compile_seconds:.1f} s "
-                 "(forward and backward)")
+        lowered = " (forward and backward)" if torch.is_grad_enabled() else ""
+        self.log(f"compile: {self.name} compiled in {self.compile_seconds:.1f} s{lowered}")
         return out
 
 
