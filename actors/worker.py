@@ -87,8 +87,8 @@ class ActorWorker:
 
     def _say(self, msg: str) -> None:
         """The policy's compile line: a fallback to eager is a warning, the rest information."""
-        log.log(logging.WARNING if "eagerly" in msg else logging.INFO, "actor %d: %s",
-                self.index, msg)
+        failed = self.policy.compile_state == "fallback"  # set before the line is said
+        log.log(logging.WARNING if failed else logging.INFO, "actor %d: %s", self.index, msg)
 
     def _teacher(self, spec: ReplaySpec) -> TeacherLatents | None:
         """The frozen teacher, when this run stores its latents (diswm/agent/teacher.py); None

@@ -134,6 +134,7 @@ def test_compiled_policy_step_equals_the_eager_one(mode, envs):
     starts, and compiles once (one env, an actor's default, included)."""
     from torch._dynamo.utils import counters
 
+    torch._dynamo.reset()  # a policy of the same shape compiled earlier in this process is reused
     cfg = load_config(["tiny"])
     learners = [Learner(cfg, A), Learner(replace(cfg, train={"seed": 1}), A)]
     eager = Policy(cfg, A, envs, mode=mode)
