@@ -163,6 +163,12 @@ class OptimConfig:
     critic_lr: float = field(default=8e-5, metadata=_range(gt=0.0))
     eps: float = field(default=1e-5, metadata=_range(gt=0.0))
     grad_clip: float = field(default=100.0, metadata=_range(gt=0.0))
+    # "torch": PyTorch's Adam (the authors' port); "keras": TF/Keras Adam as danijar/dreamerv2
+    # ran it, eps added to the uncorrected sqrt(v) (= PyTorch with eps / sqrt(1 - beta2^t);
+    # diswm/models/optim.py).
+    adam_eps: str = field(default="torch", metadata=_choices("torch", "keras"))
+    # DreamerV2's decoupled weight decay: params *= (1 - weight_decay) every step (not times lr).
+    weight_decay: float = field(default=0.0, metadata=_range(ge=0.0, lt=1.0))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,10 @@ have no ``eval_step``: their env steps are rounded to the nearest multiple of ``
 and two evaluations that land on one point are an error that names both (never one dropped).
 Each point is the mean over seeds with every seed drawn; the 95% Student-t band only from 5
 seeds up.
-Reference points from the paper (``diswm/configs/anchor_scores.yaml``) are drawn beside them.
+Reference points from the paper (``diswm/configs/anchor_scores.yaml``) are drawn beside them,
+and a reference method's published seeds on the same task (``diswm/published.py``: DreamerV2's
+by default) as a min-max band with their mean at the same env steps; the table's "published at
+this budget" column gives those seeds at each row's final env step.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ from typing import Any
 
 import numpy as np
 import yaml
+
+from diswm.published import METHODS as PUBLISHED_METHODS
+from diswm.published import Published
+from diswm.published import draw as draw_published
 
 
 def anchor_scores() -> dict[str, Any]:
@@ -99,7 +106,7 @@ def _reference(transfer: str | None) -> dict[str, dict[str, float]]:
     return anchor_scores().get("transfers", {}).get(transfer, {})
 
 
-def plot(agg, runs, out: Path) -> list[Path]:
+def plot(agg, runs, out: Path, published: tuple[str, ...] = ("dreamerv2",)) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,6 +131,10 @@ def plot(agg, runs, out: Path) -> list[Path]:
             if n >= 5:  # a t-band only where it means something; with few seeds the lines speak
                 ci = np.array([p["ci"] for p in points])
                 ax.fill_between(xs, ys - ci, ys + ci, alpha=0.15, color=line.get_color())
+        ours = max((p["env_steps"] for (t, _), pts in agg.items() if t == task for p in pts),
+                   default=0)
+        for i, method in enumerate(published):  # the reference's seeds over our env steps
+            draw_published(ax, method, task, max(ours, 1), color=("tab:grey", "tab:olive")[i % 2])
         randoms = [r["random"] for r in runs if r["task"] == task and r["random"] is not None]
         if randoms:
             ax.axhline(float(np.mean(randoms)), color="black", ls=":", lw=1,
@@ -132,8 +143,6 @@ def plot(agg, runs, out: Path) -> list[Path]:
         for sw in sorted(switches):
             ax.axvline(sw, color="grey", ls="--", lw=1)
             ax.text(sw, ax.get_ylim()[1], " scheme A -> B", fontsize=7, va="top", color="grey")
-        ours = max((p["env_steps"] for (t, _), pts in agg.items() if t == task for p in pts),
-                   default=0)
         notes = []
         for method, marks in _reference(transfers.get(task)).items():
             steps = sorted(marks)
@@ -157,10 +166,18 @@ def plot(agg, runs, out: Path) -> list[Path]:
     return paths
 
 
-def table(agg, runs) -> str:
+def published_text(task: str, env_steps: int, published: tuple[str, ...]) -> str:
+    """"dreamerv2 181 [118–260]" for each reference with scores on `task` ("–" if none)."""
+    ref = Published.load()
+    parts = [f"{m} {ref.at(m, task, env_steps).text()}" for m in published if ref.has(m, task)]
+    return "; ".join(parts) or "–"
+
+
+def table(agg, runs, published: tuple[str, ...] = ("dreamerv2",)) -> str:
     transfers = {r["task"]: r["transfer"] for r in runs}
     lines = ["| task | method | seeds | env steps | final return: mean (per seed) | best mean "
-             "| random policy | paper at 0.5M / 1M |", "|---|---|---|---|---|---|---|---|"]
+             "| random policy | published at this budget: mean [min–max] | paper at 0.5M / 1M |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for (task, method), points in sorted(agg.items()):
         last = points[-1]
         ref = _reference(transfers.get(task)).get(method, {})
@@ -173,19 +190,28 @@ def table(agg, runs) -> str:
         best = max(points, key=lambda p: p["mean"])
         lines.append(f"| {transfers.get(task) or task} | {method} | {last['n']} | "
                      f"{last['env_steps']} | {last['mean']:.1f} ({finals}) | "
-                     f"{best['mean']:.1f} at {best['env_steps']} | {rand} | {paper} |")
+                     f"{best['mean']:.1f} at {best['env_steps']} | {rand} | "
+                     f"{published_text(task, last['env_steps'], published)} | {paper} |")
     return "\n".join(lines) + "\n"
 
 
-def report(run_dirs: list[str | Path], out: str | Path) -> dict[str, Any]:
+def report(run_dirs: list[str | Path], out: str | Path,
+           published: tuple[str, ...] = ("dreamerv2",)) -> dict[str, Any]:
+    """`published`: reference methods whose published seeds are drawn and tabulated (names in
+    `diswm.published.METHODS`; empty for none)."""
     if not run_dirs:
         raise ValueError("no run folders given")
     runs = [load_run(d) for d in run_dirs]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     agg = aggregate(runs)
-    plots = plot(agg, runs, out)
-    text = table(agg, runs)
+    unknown = [m for m in published if m not in PUBLISHED_METHODS]
+    if unknown:
+        raise ValueError(f"no published scores for {unknown[0]!r}; choose from "
+                         f"{', '.join(PUBLISHED_METHODS)}")
+    published = tuple(published)
+    plots = plot(agg, runs, out, published)
+    text = table(agg, runs, published)
     (out / "results.md").write_text(text)
     with (out / "aggregate.csv").open("w", newline="") as f:
         writer = csv.writer(f)

@@ -42,6 +42,7 @@ from diswm.models.compiled import Compiled
 from diswm.models.fastconv import set_fast
 from diswm.models.losses import distill_kl
 from diswm.models.nets import BetaVAEEncoder, preprocess_image, resolve_device
+from diswm.models.optim import Adam
 from diswm.models.precision import Group, backward_and_step, resolve_precision
 
 CHECKPOINT_FORMAT = "diswm-learner-v1"
@@ -106,14 +107,13 @@ class Learner:
                                  enabled=cfg.train.compile, mode=mode)
         o = cfg.optim
         fused = self.device.type == "cuda"  # one kernel per step on a GPU
-        self.opts = {
-            "model": torch.optim.Adam(self.wm.parameters(), lr=o.model_lr, eps=o.eps,
-                                      fused=fused),
-            "actor": torch.optim.Adam(self.ac.actor.parameters(), lr=o.actor_lr, eps=o.eps,
-                                      fused=fused),
-            "critic": torch.optim.Adam(self.ac.critic.parameters(), lr=o.critic_lr, eps=o.eps,
-                                       fused=fused),
-        }
+
+        def adam(module: nn.Module, lr: float) -> Adam:
+            return Adam(module.parameters(), lr=lr, eps=o.eps, eps_form=o.adam_eps,
+                        weight_decay=o.weight_decay, fused=fused)
+
+        self.opts = {"model": adam(self.wm, o.model_lr), "actor": adam(self.ac.actor, o.actor_lr),
+                     "critic": adam(self.ac.critic, o.critic_lr)}
         self.updates = 0  # gradient updates done
         self.version = 0  # policy version: bumped by every update and set_weights
         self.agent_step = 0  # agent steps seen (drives eta)

@@ -160,7 +160,10 @@ def openl_note(row: dict[str, Any]) -> str:
 
 
 def plot_curve(evals: list[dict], path: Path, title: str, switch_at: float | None,
-               random_return: float | None = None) -> None:
+               random_return: float | None = None, task: str | None = None,
+               published: str | None = "dreamerv2") -> None:
+    """Eval return vs env steps; with `task`, the `published` method's seeds on it as a band
+    over the same env steps (diswm/published.py), when there are any."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,10 +178,14 @@ def plot_curve(evals: list[dict], path: Path, title: str, switch_at: float | Non
         ax.axvline(switch_at, color="grey", ls="--", label="scheme switch")
     if random_return is not None:
         ax.axhline(random_return, color="tab:red", ls=":", label="random policy")
+    if task and published and xs:
+        from diswm.published import draw
+
+        draw(ax, published, task, max(xs))
     ax.set_xlabel("env steps")
     ax.set_ylabel("episode return")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -194,7 +201,8 @@ def write_summary(run_dir: Path, cfg: Config, evals: list[dict], **fields: Any) 
     if evals:
         switch = (cfg.distraction.switch_at * cfg.train.steps
                   if cfg.distraction.enabled and cfg.distraction.switch_at < 1 else None)
-        plot_curve(evals, run_dir / "curve.png", cfg.env.task, switch, random_return)
+        plot_curve(evals, run_dir / "curve.png", cfg.env.task, switch, random_return,
+                   task=cfg.env.task)
     return summary
 
 

@@ -93,6 +93,7 @@ class LearnerService:
                    "openl_reward": metrics.LEARNER_OPENLOOP_REWARD_ERROR.labels(ns)}
         self.last_metrics: dict[str, float] = {}
         self.started = time.perf_counter()
+        self._rates: list[tuple[float, int, int]] = []  # (time, env steps, updates)
 
     # -- pieces --------------------------------------------------------------------------------
     def publish(self) -> None:
@@ -270,7 +271,7 @@ class LearnerService:
                 initial_done = True
                 if time.perf_counter() - last_log > self.log_every:
                     last_log = time.perf_counter()
-                    self.progress(self.status_line(env_steps))
+                    self.progress(self.status_line(env_steps, counters["agent_steps"]))
         finally:
             prefetcher.close()
         return self.finish()
@@ -281,13 +282,15 @@ class LearnerService:
         t = self.cfg.train
         return t.pretrain_updates + max(agent_steps - t.prefill, 0) // t.train_every
 
-    def status_line(self, env_steps: int | None = None) -> str:
+    def status_line(self, env_steps: int | None = None, agent_steps: int | None = None) -> str:
         env_steps = self.env_steps() if env_steps is None else env_steps
-        m = self.last_metrics
-        elapsed = time.perf_counter() - self.started
-        return (f"env step {env_steps}/{self.cfg.train.steps}  updates {self.learner.updates}  "
-                f"version {self.learner.version}  model loss {m.get('model_loss', float('nan')):.1f}"
-                f"  eta {m.get('eta', 0.0):.3f}  {env_steps / max(elapsed, 1e-9):.0f} env steps/s")
+        now = time.perf_counter()
+        self._rates.append((now, env_steps, self.learner.updates))
+        del self._rates[:-6]  # the rates of the last few progress lines
+        owed = None if agent_steps is None else self.owed_updates(agent_steps)
+        return progress_line(self.cfg.train.steps, env_steps, self.learner.updates, owed,
+                             self._rates[0], self._rates[-1], self.last_metrics,
+                             version=self.learner.version)
 
     def finish(self) -> dict[str, Any]:
         env_steps = self.env_steps()
@@ -314,3 +317,27 @@ class LearnerService:
                 "scheme": self.learner.scheme, "env_steps": self.env_steps(),
                 "evaluations": len(self.evals),
                 "last_eval": self.evals[-1]["return_mean"] if self.evals else None}
+
+
+def progress_line(total_steps: int, env_steps: int, updates: int, owed: int | None,
+                  then: tuple[float, int, int], now: tuple[float, int, int],
+                  metrics: dict[str, float], version: int | None = None) -> str:
+    """The learner's progress line. `then`/`now` are (seconds, env steps, updates) of an earlier
+    and this line: their difference gives the recent rates and the ETA. Once the actors have
+    their `total_steps`, the learner trains the updates still owed at the train ratio (`owed`
+    in all), and the line says so with that tail's ETA."""
+    dt = max(now[0] - then[0], 1e-9)
+    step_rate, update_rate = (now[1] - then[1]) / dt, (now[2] - then[2]) / dt
+    loss = f"model loss {metrics.get('model_loss', float('nan')):.1f}"
+    ver = f"  version {version}" if version is not None else ""
+    if owed is not None and env_steps >= total_steps:
+        left = max(owed - updates, 0)
+        eta = (f", ETA {left / update_rate / 60:.1f} min" if update_rate > 0 and left
+               else "")
+        return (f"env steps done ({env_steps}/{total_steps}); training the updates still owed "
+                f"at the train ratio: {updates}/{owed}{eta}  ({update_rate:.2f} updates/s){ver}"
+                f"  {loss}")
+    eta = (f"  ETA {(total_steps - env_steps) / step_rate / 60:.0f} min" if step_rate > 0
+           else "")
+    return (f"env step {env_steps}/{total_steps}  updates {updates}{ver}  {loss}"
+            f"  distill eta {metrics.get('eta', 0.0):.3f}  {step_rate:.0f} env steps/s{eta}")

@@ -251,3 +251,58 @@ def test_a_huge_malformed_config_file_gives_a_short_error(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("diswm: error: ") and err.count("\n") == 1, err[:200]
         assert len(err) < 500, (path.name, len(err))
+
+
+# danijar/dreamerv2 configs.yaml, `defaults` merged with `dmc_vision`, transcribed value by value
+# (the configuration of its published DMC-vision scores), keyed by our settings. Its counts are
+# agent steps (prefill, train_every); ours are too.
+DREAMERV2_DMC_VISION = {
+    "env.action_repeat": 2, "env.size": 64, "env.time_limit": 0, "env.camera": -1,
+    "env.render_quality": "full",                     # dm_control's default scene
+    "distraction.enabled": False,                     # clean DMC
+    "model.encoder": "conv", "model.beta": 0.0,       # encoder/decoder: its conv stacks
+    "model.cnn_depth": 48,                            # encoder.cnn_depth, decoder.cnn_depth
+    "model.stoch": 32, "model.discrete": 32,          # rssm.stoch, rssm.discrete
+    "model.deter": 200, "model.hidden": 200,          # dmc_vision: rssm {hidden: 200, deter: 200}
+    "model.units": 400, "model.reward_layers": 4,     # reward_head {layers: 4, units: 400}
+    "model.discount_head": False,                     # pred_discount: False
+    "model.kl_scale": 1.0, "model.reward_scale": 1.0, "model.image_scale": 1.0,  # loss_scales
+    "model.kl_balance": 0.8, "model.kl_free": 1.0,    # kl {balance: 0.8}, dmc_vision kl.free 1.0
+    "behaviour.horizon": 15, "behaviour.discount": 0.99, "behaviour.lambda_": 0.95,
+    "behaviour.actor_layers": 4, "behaviour.critic_layers": 4,
+    "behaviour.actor_dist": "trunc_normal",           # actor.dist auto -> continuous actions
+    "behaviour.actor_grad": "dynamics",               # actor_grad auto -> continuous actions
+    "behaviour.actor_entropy": 1e-4,                  # dmc_vision actor_ent
+    "behaviour.slow_critic_update": 100,              # slow_target_update, fraction 1
+    "optim.model_lr": 3e-4, "optim.actor_lr": 8e-5, "optim.critic_lr": 8e-5,
+    "optim.eps": 1e-5, "optim.grad_clip": 100.0, "optim.weight_decay": 1e-6,
+    "optim.adam_eps": "keras",                        # tf.optimizers.Adam
+    "train.batch_size": 16, "train.batch_length": 50,  # dataset {batch: 16, length: 50}
+    "train.train_every": 5, "train.prefill": 1000, "train.pretrain_updates": 100,
+    "distill.enabled": False, "distill.finetune": False,
+}
+
+
+@pytest.mark.parametrize("key", sorted(DREAMERV2_DMC_VISION))
+def test_dreamerv2_repro_is_danijars_dmc_vision(key):
+    section, name = key.split(".")
+    cfg = load_config(["dreamerv2_repro"]).to_dict()
+    assert cfg[section][name] == DREAMERV2_DMC_VISION[key], key
+
+
+def test_dreamerv2_repro_keeps_the_papers_baseline_apart():
+    paper = load_config(["dreamerv2"])
+    assert (paper.train.batch_size, paper.model.discrete, paper.model.reward_scale,
+            paper.optim.adam_eps) == (50, 0, 2.0, "torch")
+
+
+def test_repro_cpu_cuts_sizes_only():
+    """The CPU budget of the reproduction changes sizes and the schedule, never the batch, the
+    train ratio, the losses or the optimizer."""
+    full = load_config(["dreamerv2_repro"]).to_dict()
+    cut = load_config(["dreamerv2_repro", "repro_cpu"]).to_dict()
+    changed = {f"{s}.{k}" for s in full for k in full[s] if full[s][k] != cut[s][k]}
+    assert changed == {"model.cnn_depth", "model.stoch", "model.discrete", "model.deter",
+                       "model.hidden", "model.units", "train.steps", "train.eval_every",
+                       "train.eval_episodes", "train.checkpoint_every", "train.compile",
+                       "replay.capacity", "runtime.actors"}

@@ -220,3 +220,58 @@ def test_a_failing_run_is_retried_then_named_and_the_others_are_reported(tmp_pat
     assert (tmp_path / "exp" / "runs" / "dreamerv2-seed0" / "summary.json").exists()
     table = (tmp_path / "exp" / "report" / "results.md").read_text()
     assert "| dreamerv2 | 1 |" in table  # the finished seed is reported
+
+
+def test_report_puts_the_published_seeds_beside_ours_at_the_same_env_steps(tmp_path):
+    runs = [fake_run(tmp_path, f"s{s}", "dmc:cheetah_run", "dreamerv2_repro", s, None,
+                     [5.0, 100.0, 150.0 + s], every=15_000) for s in range(2)]
+    report(runs, tmp_path / "with")
+    table = (tmp_path / "with" / "results.md").read_text()
+    assert "published at this budget" in table
+    # 30,000 env steps: DreamerV2's 5 seeds halfway between their 0-30k and 30-60k bins.
+    assert "| dreamerv2 181 [118–260] |" in table
+    report(runs, tmp_path / "both", published=("dreamerv2", "dreamerv3"))
+    assert "dreamerv2 181 [118–260]; dreamerv3 185 [164–206]" in (
+        tmp_path / "both" / "results.md").read_text()
+    report(runs, tmp_path / "none", published=())
+    assert "| – |" in (tmp_path / "none" / "results.md").read_text()
+    with pytest.raises(ValueError, match="no published scores for 'dreamerv9'"):
+        report(runs, tmp_path / "bad", published=("dreamerv9",))
+
+
+def test_reproduce_plans_single_task_runs_without_a_teacher(tmp_path):
+    from diswm.config import ConfigError
+    from diswm.runtime.experiment import plan_reproduction
+
+    runs, todo = plan_reproduction(["dmc:cheetah_run", "dmc:cartpole_swingup"],
+                                   methods=["dreamerv2_repro"], seeds=2, budget="cpu",
+                                   out=tmp_path)
+    names = [r.name for r in runs]
+    assert names == ["cheetah_run-dreamerv2_repro-seed0", "cartpole_swingup-dreamerv2_repro-seed0",
+                     "cheetah_run-dreamerv2_repro-seed1", "cartpole_swingup-dreamerv2_repro-seed1"]
+    run_dir, cfg, teacher, _, namespace = todo[2]
+    assert teacher is None and namespace == "reproduce-cheetah_run-dreamerv2_repro-seed1"
+    assert (cfg.env.task, cfg.train.seed, cfg.distraction.enabled) == ("dmc:cheetah_run", 1, False)
+    # DreamerV2's batch and train ratio, the CPU budget's sizes.
+    assert (cfg.train.batch_size, cfg.train.batch_length, cfg.train.train_every) == (16, 50, 5)
+    assert (cfg.model.cnn_depth, cfg.model.discrete, cfg.optim.adam_eps) == (16, 16, "keras")
+    meta = json.loads((run_dir / "experiment.json").read_text())
+    assert meta["task"] == "dmc:cheetah_run" and meta["transfer"] is None
+    _, paper_todo = plan_reproduction(["dmc:cheetah_run"], methods=["dreamerv2_repro"], seeds=1,
+                                      budget="paper", out=tmp_path / "paper")
+    assert paper_todo[0][1].model.cnn_depth == 48  # DreamerV2's own sizes
+    with pytest.raises(ConfigError, match="method 'diswm' needs a teacher"):
+        plan_reproduction(["dmc:cheetah_run"], methods=["diswm"], seeds=1, budget="cpu",
+                          out=tmp_path / "x")
+
+
+def test_progress_line_says_when_the_learner_trains_its_owed_updates():
+    from learner.service import progress_line
+
+    metrics = {"model_loss": 12.5, "eta": 0.05}
+    line = progress_line(8000, 4000, 300, 500, (0.0, 2000, 100), (60.0, 4000, 300), metrics)
+    assert "env step 4000/8000" in line and "33 env steps/s" in line and "ETA 2 min" in line
+    tail = progress_line(8000, 8100, 700, 860, (0.0, 8100, 600), (60.0, 8100, 700), metrics)
+    # 160 updates left at 100 updates a minute.
+    assert tail.startswith("env steps done (8100/8000); training the updates still owed")
+    assert "700/860, ETA 1.6 min" in tail and "env steps/s" not in tail

@@ -193,10 +193,15 @@ def cmd_monitor(args: argparse.Namespace, cfg) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace, cfg) -> int:
-    from diswm.runtime.experiment import METHODS, run_experiment
+    from diswm.runtime.experiment import METHODS, REPRO_TASKS, REPRODUCE, run_experiment
 
     if args.methods:
         methods = args.methods
+    elif args.transfer == REPRODUCE:
+        if args.baselines is not None:
+            raise ValueError("reproduce: --baselines is for transfers; name the methods with "
+                             "--methods (default dreamerv2_repro)")
+        methods = ["dreamerv2_repro"]
     elif args.baselines is None:
         methods = ["diswm"]
     else:
@@ -206,7 +211,8 @@ def cmd_experiment(args: argparse.Namespace, cfg) -> int:
         raise ValueError(f"--parallel must be at least 1, got {args.parallel}")
     run_experiment(args.transfer, methods=methods, seeds=args.seeds, budget=args.budget,
                    out=out, overrides=args.overrides, extra_presets=args.config,
-                   parallel=args.parallel, retries=args.retries, progress=_err)
+                   parallel=args.parallel, retries=args.retries,
+                   tasks=args.tasks or REPRO_TASKS, progress=_err)
     return 0
 
 
@@ -223,7 +229,8 @@ def cmd_report(args: argparse.Namespace, cfg) -> int:
         if not found:
             raise ValueError(f"{run} is not a run (no eval.csv in it or in its subfolders)")
         expanded += found
-    result = report(expanded, args.out)
+    published = () if args.published == ["none"] else tuple(args.published)
+    result = report(expanded, args.out, published=published)
     print(result["table"], end="")
     _err(f"wrote {args.out}/results.md, aggregate.csv and " + ", ".join(
         Path(p).name for p in result["plots"]))
@@ -276,8 +283,11 @@ def add_commands(sub, add_config_args, load_config) -> None:
 
     p = sub.add_parser("experiment", help="a transfer task: collect, pretrain, train methods x "
                                           "seeds on the runtime, report")
-    p.add_argument("transfer", help="a transfer preset, e.g. cheetah_run_to_walker_walk, or "
-                                    "`all` for the paper's whole table")
+    p.add_argument("transfer", help="a transfer preset, e.g. cheetah_run_to_walker_walk, `all` "
+                                    "for the paper's whole table, or `reproduce` for DreamerV2 "
+                                    "as published on single tasks (--tasks)")
+    p.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                   help="reproduce: the tasks (default dmc:cheetah_run dmc:cartpole_swingup)")
     p.add_argument("--baselines", nargs="*", default=None, metavar="METHOD",
                    help="also run baselines: dreamerv2 dv2_finetune no_distill no_beta "
                         "(no names: all of them)")
@@ -285,8 +295,8 @@ def add_commands(sub, add_config_args, load_config) -> None:
                    help="exactly these methods (instead of diswm + --baselines)")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--budget", choices=("cpu", "paper"), default="cpu",
-                   help="cpu: the `cpu` preset (~45 min a run on 2 cores); paper: 1M env steps "
-                        "(GPU)")
+                   help="cpu: the `cpu` preset (reproduce: `repro_cpu`; ~45 min a run on 2 "
+                        "cores); paper: 1M env steps (GPU)")
     p.add_argument("--out", default=None, help="default runs/experiments/TRANSFER-BUDGET")
     p.add_argument("--parallel", type=int, default=1, metavar="N",
                    help="runs at once on one Ray and one Redis (each in its own namespace and "
@@ -301,6 +311,9 @@ def add_commands(sub, add_config_args, load_config) -> None:
     p = sub.add_parser("report", help="aggregate runs over seeds: curves, CSV, markdown table")
     p.add_argument("runs", nargs="+", help="run folders, or folders of run folders")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--published", nargs="+", default=["dreamerv2"], metavar="METHOD",
+                   help="reference methods whose published seeds are drawn beside ours on the "
+                        "same task: dreamerv2 dreamerv3, or none (default dreamerv2)")
     p.set_defaults(func=without_config(cmd_report))
 
     p = sub.add_parser("replay", help="the replay service: consistency check")

@@ -31,8 +31,15 @@ from diswm.runfolder import private_dir
 METHODS: dict[str, tuple[str, ...]] = {
     "diswm": (), "dreamerv2": ("dreamerv2",), "dv2_finetune": ("dv2_finetune",),
     "no_distill": ("no_distill",), "no_beta": ("no_beta",),
+    "dreamerv2_repro": ("dreamerv2_repro",),
 }
 BUDGETS: dict[str, tuple[str, ...]] = {"paper": (), "cpu": ("cpu",)}
+#: `diswm experiment reproduce`: single tasks, no teacher, DreamerV2 as published by default.
+REPRODUCE = "reproduce"
+REPRO_TASKS = ("dmc:cheetah_run", "dmc:cartpole_swingup")
+#: Budgets of a reproduction, applied after the method's preset: `cpu` cuts the sizes to what
+#: about 45 minutes on 2 cores train at DreamerV2's batch and train ratio (presets.yaml).
+REPRO_BUDGETS: dict[str, tuple[str, ...]] = {"paper": (), "cpu": ("repro_cpu",)}
 TRANSFERS = ("cheetah_run_to_walker_walk", "reacher_easy_to_cheetah_run",
              "cheetah_run_to_hopper_stand", "finger_spin_to_reacher_easy",
              "finger_spin_to_cartpole_swingup", "reacher_easy_to_pusher")
@@ -64,6 +71,7 @@ def ensure_teacher(cfg: Config, data: Path, folder: Path, progress: Callable[[st
 def run_experiment(transfer: str, *, methods: Sequence[str] = ("diswm",), seeds: int = 1,
                    budget: str = "cpu", out: str | Path, overrides: Sequence[str] = (),
                    extra_presets: Sequence[str] = (), parallel: int = 1, retries: int = 1,
+                   tasks: Sequence[str] = REPRO_TASKS,
                    progress: Callable[[str], None] = print) -> dict[str, Any]:
     """`parallel` > 1 runs up to that many method x seed runs at once on one Ray and one Redis
     (each in its own replay namespace and placement group; runs the cluster cannot fit yet wait
@@ -71,8 +79,9 @@ def run_experiment(transfer: str, *, methods: Sequence[str] = ("diswm",), seeds:
     from diswm.report import report
     from diswm.runtime.job import run_job
 
-    if transfer != "all" and transfer not in TRANSFERS:
-        raise ConfigError(f"unknown transfer {transfer!r}; valid: all, {', '.join(TRANSFERS)}")
+    if transfer not in ("all", REPRODUCE) and transfer not in TRANSFERS:
+        raise ConfigError(f"unknown transfer {transfer!r}; valid: all, {REPRODUCE}, "
+                          f"{', '.join(TRANSFERS)}")
     if budget not in BUDGETS:
         raise ConfigError(f"unknown budget {budget!r}; valid: {', '.join(BUDGETS)}")
     unknown = [m for m in methods if m not in METHODS]
@@ -82,8 +91,14 @@ def run_experiment(transfer: str, *, methods: Sequence[str] = ("diswm",), seeds:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     assert set(TRANSFERS) <= set(preset_names())
     out = Path(out).resolve()
-    runs, todo = plan_runs(transfer, methods=methods, seeds=seeds, budget=budget, out=out,
-                           overrides=overrides, extra_presets=extra_presets, progress=progress)
+    if transfer == REPRODUCE:
+        runs, todo = plan_reproduction(tasks, methods=methods, seeds=seeds, budget=budget,
+                                       out=out, overrides=overrides,
+                                       extra_presets=extra_presets)
+    else:
+        runs, todo = plan_runs(transfer, methods=methods, seeds=seeds, budget=budget, out=out,
+                               overrides=overrides, extra_presets=extra_presets,
+                               progress=progress)
     failed: dict[str, str] = {}
     if parallel > 1 and len(todo) > 1:
         failed = _run_concurrently(todo, runs, out, parallel, retries, progress)
@@ -139,6 +154,41 @@ def plan_runs(transfer: str, *, methods: Sequence[str], seeds: int, budget: str,
                      "presets": presets, "overrides": list(overrides)}, indent=2) + "\n")
                 todo.append((run_dir, replace(cfg, train={"seed": seed}), teacher,
                              f"{name}: {method}, seed {seed}", f"{name}-{method}-seed{seed}"))
+    return runs, todo
+
+
+def plan_reproduction(tasks: Sequence[str], *, methods: Sequence[str], seeds: int, budget: str,
+                      out: Path, overrides: Sequence[str] = (),
+                      extra_presets: Sequence[str] = ()) -> tuple[list[Path], list[tuple]]:
+    """`diswm experiment reproduce`: every (task, method, seed) run on a plain task, no teacher
+    (``OUT/runs/<task>-<method>-seed<k>``), as (run folders, runs still to do)."""
+    if not tasks:
+        raise ConfigError("reproduce: --tasks needs at least one task")
+    runs, todo = [], []
+    plans = []
+    for task in tasks:
+        for method in methods:
+            presets = [*METHODS[method], *REPRO_BUDGETS[budget], *extra_presets]
+            cfg = load_config(presets, [f"env.task={task}", *overrides])
+            if cfg.distill.enabled or cfg.distill.finetune:
+                raise ConfigError(f"reproduce: method {method!r} needs a teacher (a source task's "
+                                  "videos); a reproduction trains on one task from scratch "
+                                  "(methods: dreamerv2_repro, dreamerv2)")
+            plans.append((task, method, presets, cfg))
+    for seed in range(seeds):  # seed-major: every task's and method's seed 0 comes first
+        for task, method, presets, cfg in plans:
+            name = f"{task.split(':', 1)[-1]}-{method}-seed{seed}"
+            run_dir = out / "runs" / name
+            runs.append(run_dir)
+            if (run_dir / "summary.json").exists():
+                continue
+            private_dir(run_dir)
+            (run_dir / "experiment.json").write_text(json.dumps(
+                {"transfer": None, "task": task, "method": method, "seed": seed,
+                 "budget": budget, "presets": presets,
+                 "overrides": [f"env.task={task}", *overrides]}, indent=2) + "\n")
+            todo.append((run_dir, replace(cfg, train={"seed": seed}), None,
+                         f"{task}: {method}, seed {seed}", f"{REPRODUCE}-{name}"))
     return runs, todo
 
 
