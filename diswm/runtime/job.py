@@ -131,8 +131,9 @@ def run_job(cfg: Config, run_dir: str | Path, *, teacher: str | None = None,
     versus = (f" vs {rand:.1f} for a random policy ({final_return / rand:.1f}x)"
               if final_return is not None and rand > 0 else f" vs {rand:.1f} for a random policy")
     progress(f"done in {summary['wall_seconds'] / 60:.1f} min: final eval return "
-             f"{final_return if final_return is None else round(final_return, 1)}{versus}; "
-             f"see {run_dir / 'summary.json'} and {run_dir / 'curve.png'}")
+             f"{final_return if final_return is None else round(final_return, 1)}{versus}"
+             f"{published_note(cfg.env.task, (final or {}).get('counters', {}).get('env_steps'))}"
+             f"; see {run_dir / 'summary.json'} and {run_dir / 'curve.png'}")
     return summary
 
 
@@ -143,3 +144,16 @@ def _print_metrics_urls(cluster: Cluster, progress: Callable[[str], None]) -> No
         progress(f"      metrics: http://{address}/metrics  ({name})")
     progress(f"      Prometheus: make monitor RUN={cluster.run_dir}  (targets in "
              f"{cluster.run_dir / 'prometheus' / 'targets.json'})")
+
+
+def published_note(task: str, env_steps: int | None) -> str:
+    """", DreamerV2 published at N env steps: mean [min-max] over its seeds (clean DMC,
+    training episodes)" where its score file has the task, else empty."""
+    from diswm.published import Published
+
+    ref = Published.load()
+    if not env_steps or not ref.has("dreamerv2", task):
+        return ""
+    point = ref.at("dreamerv2", task, env_steps)
+    return (f", DreamerV2 published at {env_steps} env steps {point.text()} ({point.seeds} "
+            "seeds, clean DMC, training episodes)")
