@@ -155,3 +155,16 @@ def test_format_rate_is_readable_at_any_speed():
     assert format_rate(3.414) == "3.41/s"
     assert format_rate(0.25) == "4 s each"
     assert format_rate(0.0) == "none"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["experiment", "cheetah_run_to_walker_walk", "--tasks", "dmc:cheetah_run"], "--tasks is for"),
+    (["experiment", "reproduce", "--baselines"], "--baselines is for transfers"),
+    (["experiment", "reproduce", "--methods", "diswm", "--out", "{tmp}"], "needs a teacher"),
+    (["report", "{tmp}", "--out", "{tmp}/r"], "not a run"),
+])
+def test_experiment_and_report_arguments_fail_in_one_line(argv, needle, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("diswm: error:") and needle in err[-1], err[-1]

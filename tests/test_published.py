@@ -97,3 +97,13 @@ def test_the_script_bins_dreamerv3_episodes_as_danijars_bin_scores(tmp_path):
     assert seed[:3] == [3.0, 8.0, 5.0] and seed[3] is None  # (0,10k], (10k,20k], (20k,30k]
     assert data["dreamerv2"]["tasks"]["walker_walk"] == {"xs": [30000, 60000],
                                                          "seeds": {"0": [1.0, 2.0]}}
+
+
+def test_the_end_of_a_run_names_dreamerv2s_published_return_at_its_env_step():
+    from diswm.runtime.job import published_note
+
+    note = published_note("dmc:cheetah_run", 30_000)
+    assert note == (", DreamerV2 published at 30000 env steps 181 [118–260] (5 seeds, clean DMC, "
+                    "training episodes)")
+    assert published_note("mujoco:pusher", 30_000) == ""
+    assert published_note("dmc:cheetah_run", None) == ""

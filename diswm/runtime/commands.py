@@ -195,6 +195,9 @@ def cmd_monitor(args: argparse.Namespace, cfg) -> int:
 def cmd_experiment(args: argparse.Namespace, cfg) -> int:
     from diswm.runtime.experiment import METHODS, REPRO_TASKS, REPRODUCE, run_experiment
 
+    if args.tasks and args.transfer != REPRODUCE:
+        raise ValueError(f"--tasks is for `diswm experiment {REPRODUCE}`; a transfer "
+                         f"({args.transfer}) has its own target task")
     if args.methods:
         methods = args.methods
     elif args.transfer == REPRODUCE:
