@@ -290,6 +290,13 @@ def test_dreamerv2_repro_is_danijars_dmc_vision(key):
     assert cfg[section][name] == DREAMERV2_DMC_VISION[key], key
 
 
+def test_dreamerv2_repro_acts_nearly_synchronously():
+    """DreamerV2's policy acts with every update so far; ours lags by at most the limiter's
+    slack: 100 agent steps = 20 updates at one update every 5."""
+    cfg = load_config(["dreamerv2_repro", "repro_cpu"])
+    assert cfg.replay.tolerance // cfg.train.train_every == 20
+
+
 def test_dreamerv2_repro_keeps_the_papers_baseline_apart():
     paper = load_config(["dreamerv2"])
     assert (paper.train.batch_size, paper.model.discrete, paper.model.reward_scale,
