@@ -294,7 +294,7 @@ class RuntimeConfig:
     # "normal" leaves them as they are. The evaluation actor stays at normal priority.
     background_priority: str = field(default="idle", metadata=_choices(*PRIORITIES))
     # torch.compile each actor's policy step (diswm/agent/policy.py): on a CPU the small
-    # presets' policies spend most of a step in per-op dispatch (README, "The actors' policy").
+    # presets' policies spend most of a step in per-op dispatch (docs/bench/README.md, "Actors").
     policy_compile: bool = False
 
     def actor_resource_map(self) -> dict[str, float]:

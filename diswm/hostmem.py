@@ -6,7 +6,7 @@ allocates and frees dozens of activations of 30-300 MB in every update, so every
 all of their pages in again (450,000-580,000 minor faults here), and the kernel zeroes each
 page first. Measured on this 2-core CPU (2026-11-26): cloning a warm 100 MB tensor took 31 ms
 into fresh pages and 6.6 ms into reused ones; a compiled bf16 default-size update ran 1.06-1.37x
-faster with reuse (`diswm bench learner --host-memory-ab`, two runs; README, "Learner speed").
+faster with reuse (`diswm bench learner --host-memory-ab`, two runs; docs/bench/README.md, "Learner").
 
 `reuse_freed_memory()` sets glibc's ``M_MMAP_MAX`` to 0 (every allocation comes from the heap)
 and its trim threshold to 2 GiB, the largest it takes (freed memory stays in the heap), so the

@@ -5,7 +5,7 @@ slowest at the end of it. When an actor's env step takes one of those cores for 
 milliseconds, the other learner thread spins at the barrier and the whole update waits, though
 the actors need only a tenth of a core. At Linux's SCHED_IDLE the actors' env loops run only on a
 core that nothing else wants, which the learner leaves free between its operators and whenever it
-waits for data (README, learner speed: medians 0.474 -> 0.418 s per update in a 2-actor `cpu` run
+waits for data (docs/bench/README.md, "Learner": medians 0.474 -> 0.418 s per update in a 2-actor `cpu` run
 on 2 cores). The evaluation actor is not lowered: at SCHED_IDLE its evaluations took 62-101 s
 instead of 5-10 s in `make run`. On a GPU learner or an actor-only node with idle cores,
 SCHED_IDLE changes nothing.

@@ -2,7 +2,7 @@
 
 Reverb samples with several worker threads in C++; in Python the per-block work of a batch
 (the fetch's reply parsing, ~10 µs of Python per decoded block, the copies) holds the GIL, so
-decode threads stop scaling after two (README, the replay service). A pool of processes does
+decode threads stop scaling after two (docs/bench/README.md, "Replay"). A pool of processes does
 not share a GIL: each worker runs its own `ReplaySampler` (own connection, index and grant from
 the rate limiter, so the limiter's accounting is exactly as with one sampler) and fills whole
 batches straight into shared-memory slots, which the caller receives as numpy views.

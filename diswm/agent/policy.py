@@ -13,7 +13,7 @@ latent state; `train.eval_state_mean` takes their means instead.
 ``compile=True`` (`runtime.policy_compile`, the actors' setting) runs the step (image
 preprocessing, encoder, RSSM filter step, actor, sampling) as one `torch.compile`d region: on the
 CPU a step of the small presets' policies is mostly per-op dispatch, which the compiled code
-removes (README, "The actors' policy"). It compiles on the first call after prefill (seconds from
+removes (docs/bench/README.md, "Actors"). It compiles on the first call after prefill (seconds from
 inductor's disk cache, 8-15 s cold on 2 cores), takes new weights in place without
 recompiling, draws its random numbers from torch's global generator as the eager step does
 (inductor's `fallback_random`), and runs eagerly, said once, where the compiler fails.

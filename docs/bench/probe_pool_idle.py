@@ -1,5 +1,5 @@
 # ruff: noqa
-# Probe script (fourteenth session), kept as run for README's figures on the sampler pool after
+# Probe script (fourteenth session), kept as run for the figures in README.md here on the sampler pool after
 # idling (the replay service, sampler processes on 2 cores). From the repository root:
 #   K=6 IDLE=0 .venv/bin/python docs/bench/probe_pool_idle.py     (also K=6 IDLE=0.5, K=50 IDLE=0)
 # IDLE is the experiment's manipulation (the pool left idle before its round), not a wait.
