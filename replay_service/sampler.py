@@ -196,8 +196,8 @@ class ReplaySampler:
         ratio = meta["raw_bytes"] / meta["size_bytes"] if meta["size_bytes"] else 0.0
         return {**meta, "chunks": meta["gseq"] - meta["evicted"], "compression_ratio": ratio,
                 "samples_per_insert_target": self.spec.samples_per_insert,
-                "samples_per_insert_observed": (meta["samples"] / max(
-                    meta["inserts"] - self.spec.min_size, 1)),
+                "samples_per_insert_observed": (max(meta["samples"] - self.spec.initial_samples, 0)
+                                                / max(meta["inserts"] - self.spec.min_size, 1)),
                 "corrupt_records_skipped": self.corrupt,
                 "shards": self.spec.shards,
                 "shards_unreachable": [s.k for s in self._shards if s.down_since is not None]}
@@ -312,7 +312,8 @@ class ReplaySampler:
                 raise
 
     def _grant_call(self, shard: _Shard, n: int, need: int) -> tuple[int, int]:
-        args = [n, repr(float(self.spec.samples_per_insert)), repr(float(self._min_diff)), need]
+        args = [n, repr(float(self.spec.samples_per_insert)), repr(float(self._min_diff)), need,
+                repr(float(self.spec.shard_initial_samples))]
         reply = [int(x) for x in self._grant(keys=[shard.prefix + "meta"], args=args)]
         shard.counters = dict(zip(("gseq", "evicted", "size_steps", "size_bytes", "raw_bytes"),
                                   reply[2:], strict=True))

@@ -1,6 +1,7 @@
 """The two Lua scripts that are the replay service's logic, run atomically inside Redis: insert a
 chunk (validate, rate limiter, store, commit log with the record's block header, counters, FIFO
-eviction) and grant a sample (minimum size, rate limiter). Keys: see replay_service/client.py."""
+eviction) and grant a sample (minimum size, rate limiter; the learner's initial updates are not
+charged to the ratio). Keys: see replay_service/client.py."""
 
 _INSERT_LUA = """
 local meta, logkey = KEYS[1], KEYS[2]
@@ -22,12 +23,16 @@ for i, name in ipairs(names) do
     m[name] = 0
   end
 end
-local length, spi = tonumber(ARGV[4]), tonumber(ARGV[7])
-if not (length and spi and tonumber(ARGV[5]) and tonumber(ARGV[6]) and tonumber(ARGV[8])) then
+local length, spi, free = tonumber(ARGV[4]), tonumber(ARGV[7]), tonumber(ARGV[11])
+if not (length and spi and free and tonumber(ARGV[5]) and tonumber(ARGV[6]) and
+        tonumber(ARGV[8])) then
   return redis.error_reply('insert arguments are not numbers; nothing was stored')
 end
+-- the learner's initial updates (`free` sequences) are not charged to the ratio
 if spi > 0 then
-  if m['inserts'] * spi - m['samples'] > tonumber(ARGV[8]) then return {0} end
+  if m['inserts'] * spi - math.max(m['samples'] - free, 0) > tonumber(ARGV[8]) then
+    return {0}
+  end
 end
 local g = redis.call('HINCRBY', meta, 'gseq', 1)
 local nbytes = string.len(ARGV[1])
@@ -69,11 +74,11 @@ local meta = KEYS[1]
 local m = redis.call('HMGET', meta, 'inserts', 'samples', 'size_steps', 'gseq', 'evicted',
                      'size_bytes', 'raw_bytes')
 local ins, smp, size = tonumber(m[1] or '0'), tonumber(m[2] or '0'), tonumber(m[3] or '0')
-local n, spi = tonumber(ARGV[1]), tonumber(ARGV[2])
+local n, spi, free = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[5] or '0')
 local c = {tonumber(m[4] or '0'), tonumber(m[5] or '0'), size, tonumber(m[6] or '0'),
            tonumber(m[7] or '0')}
 if size < tonumber(ARGV[4]) then return {0, 1, c[1], c[2], c[3], c[4], c[5]} end
-if spi > 0 and ins * spi - (smp + n) < tonumber(ARGV[3]) then
+if spi > 0 and ins * spi - math.max(smp + n - free, 0) < tonumber(ARGV[3]) then
   return {0, 2, c[1], c[2], c[3], c[4], c[5]}
 end
 redis.call('HINCRBY', meta, 'samples', n)

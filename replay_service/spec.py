@@ -34,6 +34,10 @@ class ReplaySpec:
     samples_per_insert: float = 0.0  # 0 disables the limiter
     min_size: int = 1  # steps stored before sampling starts
     tolerance: float = 1000.0  # agent steps either side of the target ratio
+    # sequences the learner's initial updates sample (`train.pretrain_updates` batches) that the
+    # ratio does not charge: DreamerV2 trains them once the prefill is stored and then one update
+    # per `train_every` agent steps, so they are not owed by later inserts
+    initial_samples: float = 0.0
     wait_timeout: float = 120.0
     selector: str = "uniform"
     outage_window: float = 120.0  # seconds clients retry while Redis is unreachable
@@ -51,7 +55,10 @@ class ReplaySpec:
                    capacity=r.capacity, chunk_length=r.chunk_length, compression=r.compression,
                    samples_per_insert=cfg.samples_per_insert if r.rate_limit else 0.0,
                    min_size=max(cfg.train.prefill, cfg.train.batch_length, 1),
-                   tolerance=float(r.tolerance), wait_timeout=r.wait_timeout,
+                   tolerance=float(r.tolerance),
+                   initial_samples=float(cfg.train.pretrain_updates * cfg.train.batch_size)
+                   if r.rate_limit else 0.0,
+                   wait_timeout=r.wait_timeout,
                    selector=r.selector, outage_window=r.outage_window,
                    shards=r.shards, block_steps=r.block_steps,
                    sample_threads=r.sample_threads)
@@ -62,12 +69,18 @@ class ReplaySpec:
 
     @property
     def limits(self) -> tuple[float, float]:
-        """(min_diff, max_diff) of diff = inserts * spi - samples, as in Reverb; per shard when
+        """(min_diff, max_diff) of diff = inserts * spi - charged samples, as in Reverb (charged:
+        the samples past `initial_samples`, which the scripts do not count); per shard when
         sharded (each shard's limiter holds its 1/shards of the minimum size and the slack, so
         the shards' bands add up to the global one)."""
         offset = self.samples_per_insert * self.min_size / self.shards
         slack = self.samples_per_insert * self.tolerance / self.shards
         return offset - slack, offset + slack
+
+    @property
+    def shard_initial_samples(self) -> float:
+        """Each shard's share of `initial_samples`."""
+        return self.initial_samples / self.shards
 
     @property
     def shard_min_size(self) -> int:

@@ -130,7 +130,8 @@ class ReplayWriter:
         raw_nbytes = sum(v.nbytes for v in chunk.data.values())
         args = [record, chunk.stream, chunk.index, chunk.length, raw_nbytes, self.spec.capacity
                 // self.spec.shards, repr(float(self.spec.samples_per_insert)),
-                repr(float(self._max_diff)), prefix + "chunk:", header]
+                repr(float(self._max_diff)), prefix + "chunk:", header,
+                repr(float(self.spec.shard_initial_samples))]
         keys = [prefix + "meta", prefix + "log"]
         backoff = _Backoff(self.spec.wait_timeout)
         while True:

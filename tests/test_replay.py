@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from diswm.config import load_config
 from diswm.records import CorruptRecord, decode, encode
 from replay_service.buffer import SequenceBuffer
 from replay_service.chunks import ChunkBuilder
@@ -282,6 +283,47 @@ def test_limiter_holds_the_ratio_with_concurrent_writers(server):
     assert lo - batch <= meta["inserts"] * spi - meta["samples"] < lo + batch
     assert "rate limiter waits for more inserts" in timeout_message
     assert meta["samples"] / (meta["inserts"] - min_size) == pytest.approx(spi, rel=0.1)
+
+
+def test_the_learners_initial_updates_are_not_charged_to_the_ratio(server):
+    """DreamerV2 trains `train.pretrain_updates` batches once the prefill is stored, then one per
+    `train_every` agent steps. The limiter grants those initial sequences on top of the ratio, so
+    later the learner is on DreamerV2's schedule rather than that many updates behind it."""
+    spi, min_size, tolerance, initial, batch = 2.0, 40, 20, 100, 4
+    spec = spec_for(server, samples_per_insert=spi, min_size=min_size, tolerance=tolerance,
+                    initial_samples=initial, wait_timeout=0.3)
+    writer, sampler = ReplayWriter(spec), ReplaySampler(spec)
+    for step in episodes(0, [min_size], 0):
+        writer.add("a", step)
+    writer.flush()
+    assert read_meta(sampler.client, spec)["inserts"] == min_size
+    granted = 0
+    with pytest.raises(ReplayTimeout, match="rate limiter waits for more inserts"):
+        while True:
+            check_batch(sampler.sample(batch, 5, timeout=0.3))
+            granted += batch
+    lo, hi = spec.limits
+    # the ratio's slack (lo below spi * min_size) plus the initial sequences, exactly
+    assert granted == spi * min_size - lo + initial == 140
+    # the writers' bound is unchanged: it counts only the charged samples (here 40)
+    charged = granted - initial
+    for step in episodes(1, [200], 10_000):
+        try:
+            writer.add("b", step)
+        except ReplayTimeout:
+            break
+    meta = read_meta(sampler.client, spec)
+    assert hi < meta["inserts"] * spi - charged <= hi + spec.chunk_length * spi
+    stats = sampler.stats()
+    assert stats["samples_per_insert_observed"] == charged / (meta["inserts"] - min_size)
+
+
+def test_from_config_frees_the_initial_updates(tmp_path):
+    cfg = load_config(["tiny"], ["train.pretrain_updates=7", "train.batch_size=6"])
+    spec = ReplaySpec.from_config(cfg, port=1, password="x")
+    assert spec.initial_samples == 7 * 6
+    off = load_config(["tiny"], ["replay.rate_limit=false"])
+    assert ReplaySpec.from_config(off, port=1, password="x").initial_samples == 0
 
 
 def test_writer_times_out_when_the_learner_stops(server):
