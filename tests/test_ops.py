@@ -12,6 +12,7 @@ import time
 
 import pytest
 from prometheus_client import REGISTRY
+from support import poll_until
 
 from diswm.broadcast import BadWeights, WeightStore, decode_weights, encode_weights
 from diswm.config import load_config
@@ -22,12 +23,6 @@ from replay_service.server import RedisServer
 
 def actor_metric(name: str, index: int) -> float:
     return REGISTRY.get_sample_value(name, {"actor": str(index)}) or 0.0
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    with RedisServer(tmp_path / "redis", persistence="none") as server:
-        yield server
 
 
 def make_worker(cfg, server, index: int):
@@ -408,15 +403,6 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _wait_until(predicate, timeout: float, poll: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(poll)  # polling with a deadline
-    return predicate()
-
-
 def _start_run(run, *extra: str):
     import subprocess
     import sys
@@ -429,7 +415,7 @@ def _start_run(run, *extra: str):
          "--run-dir", str(run), "--set", "train.steps=100000", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root, env=env,
         start_new_session=True)
-    ready = _wait_until(lambda: (run / "cluster.json").exists() or proc.poll() is not None, 240)
+    ready = poll_until(lambda: (run / "cluster.json").exists() or proc.poll() is not None, 240)
     assert ready and proc.poll() is None, "diswm run did not come up"
     return proc
 
@@ -481,10 +467,10 @@ def test_sigterm_stops_a_run_in_one_line_and_leaves_nothing_running(tmp_path, wh
     redis_pid = int((run / "redis" / "redis.pid").read_text())
     try:
         if when == "roles up":  # the learner writes its CSV once it trains
-            assert _wait_until(lambda: (run / "train.csv").exists() or proc.poll() is not None,
+            assert poll_until(lambda: (run / "train.csv").exists() or proc.poll() is not None,
                                300), "the learner did not start"
         _terminate(proc, 150, "diswm run")
-        assert _wait_until(lambda: not _processes_naming(str(run)) and not _alive(redis_pid), 30)
+        assert poll_until(lambda: not _processes_naming(str(run)) and not _alive(redis_pid), 30)
     finally:
         left = _leftovers(run, proc, redis_pid)
     assert not left, f"still running after SIGTERM: {left}"
@@ -501,7 +487,7 @@ def test_a_killed_run_takes_its_redis_down(tmp_path):
     try:
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
-        gone = _wait_until(lambda: not _processes_naming(str(run)) and not _alive(redis_pid), 30)
+        gone = poll_until(lambda: not _processes_naming(str(run)) and not _alive(redis_pid), 30)
         log = run / "redis" / "supervisor.log"
         said = log.read_text() if log.exists() else ""
     finally:
@@ -586,7 +572,7 @@ def test_sigterm_stops_parallel_experiment_runs_each_with_its_final_checkpoint(t
         start_new_session=True)
     redis_pid = 0
     try:
-        both = _wait_until(lambda: all((r / "train.csv").exists() for r in runs)
+        both = poll_until(lambda: all((r / "train.csv").exists() for r in runs)
                            or proc.poll() is not None, 400)
         assert both and proc.poll() is None, "the two runs did not start training"
         redis_pid = int((out / "redis" / "redis.pid").read_text())
@@ -595,7 +581,7 @@ def test_sigterm_stops_parallel_experiment_runs_each_with_its_final_checkpoint(t
         assert "retrying" not in err, err[-3000:]
         for run in runs:  # written at the stop: periodic checkpoints are off
             assert (run / "checkpoints" / "latest.pt").exists(), (run, err[-4000:])
-        assert _wait_until(lambda: not _alive(redis_pid), 30)
+        assert poll_until(lambda: not _alive(redis_pid), 30)
     finally:
         left = _leftovers(out, proc, redis_pid)  # redis_pid 0 (never read): no such process
     assert not left, f"still running after SIGTERM: {left}"
@@ -620,7 +606,7 @@ def test_sigterm_stops_a_serial_run_with_a_checkpoint_to_resume_from(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root,
         env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
     try:
-        started = _wait_until(lambda: (run / "train.csv").exists() or proc.poll() is not None,
+        started = poll_until(lambda: (run / "train.csv").exists() or proc.poll() is not None,
                               240)
         assert started and proc.poll() is None, "the serial run did not start training"
         assert not (run / "checkpoints" / "latest.pt").exists()

@@ -177,14 +177,6 @@ def test_buffer_not_enough_data_is_a_clear_error():
 # -- the service on a real redis-server ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = RedisServer(tmp_path_factory.mktemp("redis"), persistence="aof", fsync="always")
-    srv.start()
-    yield srv
-    srv.stop()
-
-
 def spec_for(server, **kw) -> ReplaySpec:
     defaults = dict(port=server.port, password=server.password, namespace=uuid.uuid4().hex[:8],
                     capacity=100_000, chunk_length=8, samples_per_insert=0.0, min_size=1,

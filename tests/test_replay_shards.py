@@ -15,6 +15,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
+from support import wait_for
 from test_replay import check_batch, episodes
 
 from replay_service.check import check_replay
@@ -37,15 +38,6 @@ def spec_for(cluster, **kw) -> ReplaySpec:
                     wait_timeout=10.0, outage_window=30.0, shards=SHARDS,
                     cluster_nodes=tuple(f"127.0.0.1:{n.port}" for n in cluster.nodes[1:]))
     return ReplaySpec(**{**defaults, **kw})
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
-    return value
 
 
 def fill(spec, lengths=(30, 20), shards=range(SHARDS)) -> dict[int, int]:
@@ -222,7 +214,7 @@ def test_a_killed_shard_loses_nothing_committed_and_the_others_keep_serving(clus
         sampler.sample(6, 10)  # each sample probes a shard that is down, once a second
         return sampler.stats()["shards_unreachable"] == []
 
-    wait_for(back, what="shard 1 back")
+    wait_for("shard 1 back", back, timeout=20.0, every=0.02)
     assert "shard 1 is back" in caplog.text
     for _ in range(10):
         batch = sampler.sample(6, 10)
@@ -329,8 +321,8 @@ def test_cluster_up_on_three_shards_survives_a_dead_node(tmp_path):
         def status():
             return json.loads(diswm("cluster", "status", "--json", check=False).stdout)
 
-        wait_for(lambda: (status()["learner"] or {}).get("updates", 0) > 0, timeout=240,
-                 what="the learner to train")
+        wait_for("the learner to train",
+                 lambda: (status()["learner"] or {}).get("updates", 0) > 0, timeout=240)
         spec = ReplaySpec(**{**json.loads((run / "cluster.json").read_text())["spec"],
                              "password": (run / "redis" / "redis.password").read_text().strip(),
                              "cluster_nodes": ()})
@@ -339,11 +331,11 @@ def test_cluster_up_on_three_shards_survives_a_dead_node(tmp_path):
         sizes = [read_meta(sampler.client, spec, k)["size_steps"] for k in range(3)]
         assert sizes[0] > 0 and sizes[1] > 0 and sizes[2] == 0  # actor i writes shard i mod 3
         os.kill(int((run / "redis" / "node1" / "redis.pid").read_text()), signal.SIGKILL)
-        wait_for(lambda: any("replay shard 1 of 3 is unreachable" in p
+        wait_for("status to name shard 1, or its restart",
+                 lambda: any("replay shard 1 of 3 is unreachable" in p
                              for p in status()["problems"])
-                 or (run / "redis" / "node1" / "supervisor.restarts").exists(),
-                 what="status to name shard 1, or its restart")
-        wait_for(lambda: status()["healthy"], timeout=120, what="the cluster healthy again")
+                 or (run / "redis" / "node1" / "supervisor.restarts").exists(), timeout=20.0)
+        wait_for("the cluster healthy again", lambda: status()["healthy"], timeout=120)
         assert int((run / "redis" / "node1" / "supervisor.restarts").read_text()) == 1
         check = subprocess.run([exe, "replay", "check", str(run)], capture_output=True,
                                text=True, timeout=120)
@@ -353,7 +345,8 @@ def test_cluster_up_on_three_shards_survives_a_dead_node(tmp_path):
     assert not (run / "cluster.json").exists()
     pids = [int((run / "redis" / f"node{k}" / "redis.pid").read_text()) for k in range(3)]
     for pid in pids:
-        wait_for(lambda pid=pid: not _alive(pid), what=f"redis-server {pid} to stop")
+        wait_for(f"redis-server {pid} to stop", lambda pid=pid: not _alive(pid), timeout=20.0,
+                 every=0.02)
 
 
 def _alive(pid: int) -> bool:

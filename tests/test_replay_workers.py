@@ -15,16 +15,7 @@ import torch
 from test_replay import check_batch, episodes, metric, spec_for
 
 from replay_service.client import ReplayTimeout, ReplayWriter, read_meta
-from replay_service.server import RedisServer
 from replay_service.workers import SamplerPool, _shm_dir, remove_stale_segments
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = RedisServer(tmp_path_factory.mktemp("redis"), persistence="none")
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 def filled(server, **kw):

@@ -14,6 +14,7 @@ import uuid
 import numpy as np
 import pytest
 import ray
+from support import wait_for
 
 from diswm.broadcast import WeightStore
 from diswm.config import load_config
@@ -25,18 +26,6 @@ from replay_service.server import RedisServer, free_port
 
 STEPS = 30_000
 SWITCH_AT = 0.1  # colour scheme B from env step 3000
-
-
-def wait_for(what: str, check, timeout: float = 120.0, every: float = 0.25):
-    """Poll `check()` until it returns a truthy value; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 @pytest.fixture(scope="module")

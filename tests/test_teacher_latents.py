@@ -22,7 +22,6 @@ from diswm.config import load_config
 from diswm.models import VideoModel
 from learner import Learner
 from replay_service.client import ReplaySampler, ReplaySpec
-from replay_service.server import RedisServer
 from tests.test_learner import make_batch
 
 
@@ -38,12 +37,6 @@ def teacher_path(tmp_path_factory):
 def run_cfg(teacher_path, *extra):
     return load_config(["tiny"], [f"distill.teacher={teacher_path}", "train.precision=fp32",
                                   *extra])
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    with RedisServer(tmp_path / "redis", persistence="none") as server:
-        yield server
 
 
 def test_only_a_distilling_run_with_a_teacher_stores_latents(teacher_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_runtime import wait_for as poll
+from support import wait_for as poll
 
 from diswm.config import load_config
 from diswm.models import VideoModel
