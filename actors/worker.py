@@ -191,6 +191,7 @@ class ActorWorker:
                 episodes += 1
                 self._m["return"].observe(self.returns[j])
                 self._m["last_return"].set(self.returns[j])
+                self._record_episode(j, env_steps)
                 self.returns[j] = 0.0
                 obs = env.reset()
                 self._store(j, obs, np.zeros(self.action_dim, np.float32))
@@ -207,6 +208,16 @@ class ActorWorker:
             self._m["episodes"].inc(episodes)
         self._m["step"].observe(time.perf_counter() - start)
         return env_steps
+
+    def _record_episode(self, j: int, stepped: int) -> None:
+        """The finished training episode of env `j`, at the run's env steps: the global count
+        plus what this actor has not reported yet (other actors' unreported steps, at most
+        `sync_every` agent steps each, are not in it)."""
+        env_steps = self.control.counters()["env_steps"] + self._unreported[0] + stepped
+        self.control.record_episode(
+            env_steps=env_steps, actor=self.index, env=j,
+            length=self.envs[j].episode_env_steps, policy_version=self.policy.version,
+            scheme=self.scheme, **{"return": round(float(self.returns[j]), 4)})
 
     def _interrupted(self) -> bool:
         return self.stopping.is_set() or self.budget_spent()

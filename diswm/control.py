@@ -5,6 +5,7 @@ errors that roles surface to `diswm run` / `cluster status`.
     control.add(env_steps=2, agent_steps=1)          # actors count globally
     control.set("scheme", "B")                       # the learner switches every env at once
     control.counters()["env_steps"]                  # ControlValueError names a corrupt field
+    control.record_episode(env_steps=..., ...)       # actors: each finished training episode
 
 Everything lives in one hash, ``diswm:<namespace>:control``. A value that is not what its field
 holds (a counter set to text by hand, say) is reported with the key and field by name, never as
@@ -26,6 +27,9 @@ class ControlValueError(ValueError):
     """A control-plane field holds a value of the wrong kind."""
 
 
+EPISODES_KEPT = 1_000_000  # training episodes a run's stream keeps (1M env steps: 1,000)
+
+
 class RunControl:
     """A Redis hash of the run's shared state: counters, colour scheme, stop flag, errors."""
 
@@ -34,6 +38,7 @@ class RunControl:
     def __init__(self, client: redis.Redis, namespace: str):
         self.client = client
         self.key = f"diswm:{namespace}:control"
+        self.episodes_key = f"diswm:{namespace}:episodes"
 
     def _bad(self, field: str, raw: object) -> ControlValueError:
         shown = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
@@ -72,6 +77,22 @@ class RunControl:
     def snapshot(self) -> dict[str, str]:
         return {k.decode(errors="replace"): v.decode(errors="replace")
                 for k, v in self.client.hgetall(self.key).items()}
+
+    # -- training episodes ---------------------------------------------------------------------
+    def record_episode(self, **fields: object) -> None:
+        """Append one finished training episode (env_steps, return, length, policy_version,
+        actor, scheme) to the run's stream ``diswm:<namespace>:episodes``: DreamerV2's published
+        scores are these episodes, played by the exploring policy, not evaluation episodes."""
+        self.client.xadd(self.episodes_key, {k: str(v) for k, v in fields.items()},
+                         maxlen=EPISODES_KEPT, approximate=True)
+
+    def episodes(self, after: str = "0-0", count: int = 10_000) -> list[tuple[str, dict]]:
+        """Training episodes recorded after stream id `after`, oldest first: (id, fields)."""
+        out = []
+        for entry_id, fields in self.client.xrange(self.episodes_key, f"({after}", "+",
+                                                   count=count):
+            out.append((entry_id.decode(), {k.decode(): v.decode() for k, v in fields.items()}))
+        return out
 
     # -- errors surfaced to operators --------------------------------------------------------
     def report_error(self, role: str, message: str) -> None:

@@ -11,7 +11,10 @@ seeds up.
 Reference points from the paper (``diswm/configs/anchor_scores.yaml``) are drawn beside them,
 and a reference method's published seeds on the same task (``diswm/published.py``: DreamerV2's
 by default) as a min-max band with their mean at the same env steps; the table's "published at
-this budget" column gives those seeds at each row's final env step.
+this budget" column gives those seeds at each row's final env step. Those are training
+episodes (the exploring policy), so a run's own training episodes (``episodes.csv``) are drawn
+dashed beside its evaluations, as the mean of the episodes that ended in each evaluation's
+window, and tabulated for the last window.
 """
 
 from __future__ import annotations
@@ -73,6 +76,10 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
                 "neither is dropped: re-evaluate one of them or report the runs apart")
         seen[point] = row["env_steps"]
         row["point"] = point
+    training = []
+    if (run_dir / "episodes.csv").exists():  # training episodes (learner/serial.py)
+        with (run_dir / "episodes.csv").open() as f:
+            training = [(int(r["env_steps"]), float(r["return"])) for r in csv.DictReader(f)]
     random_path = run_dir / "random.json"
     dist = cfg.get("distraction", {})
     switch = (float(dist["switch_at"]) * int(cfg["train"]["steps"])
@@ -80,8 +87,25 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     return {"dir": str(run_dir), "task": cfg["env"]["task"],
             "method": meta.get("method", "run"), "seed": meta.get("seed", cfg["train"]["seed"]),
             "transfer": meta.get("transfer"), "eval_every": every, "rows": rows,
+            "training": training_windows(training, [r["point"] for r in rows], every),
             "random": (json.loads(random_path.read_text())["return_mean"]
                        if random_path.exists() else None), "switch": switch}
+
+
+def training_windows(episodes: list[tuple[int, float]], points: list[int],
+                     every: int) -> list[dict[str, float]]:
+    """The mean return of the training episodes that ended in each evaluation's window (the
+    previous point, this point]: the exploring policy's returns, which DreamerV2's published
+    scores are, on the evaluations' grid. The last window also takes the episodes that ended
+    after its point (the actors' last steps); windows without an episode are left out."""
+    out = []
+    for i, point in enumerate(points):
+        lo = points[i - 1] if i else point - every
+        hi = point if i < len(points) - 1 else math.inf
+        rets = [r for s, r in episodes if lo < s <= hi]
+        if rets:
+            out.append({"point": point, "return": float(np.mean(rets)), "episodes": len(rets)})
+    return out
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, float]]]:
@@ -124,10 +148,17 @@ def plot(agg, runs, out: Path, published: tuple[str, ...] = ("dreamerv2",)) -> l
             n = max(p["n"] for p in points)
             line, = ax.plot(xs, ys, marker="o", lw=2, label=f"{method} (mean of {n})")
             seeds = [r for r in runs if r["task"] == task and r["method"] == method]
+            dashed = False
             for run in seeds:  # every seed visible
                 ax.plot([r["point"] if r["eval_step"] is not None else r["env_steps"]
                          for r in run["rows"]], [r["return"] for r in run["rows"]],
                         lw=0.8, alpha=0.6, color=line.get_color())
+                if run["training"]:  # its training episodes, as the published scores count
+                    ax.plot([w["point"] for w in run["training"]],
+                            [w["return"] for w in run["training"]], lw=1.2, ls="--",
+                            alpha=0.8, color=line.get_color(),
+                            label=None if dashed else f"{method}: training episodes (per seed)")
+                    dashed = True
             if n >= 5:  # a t-band only where it means something; with few seeds the lines speak
                 ci = np.array([p["ci"] for p in points])
                 ax.fill_between(xs, ys - ci, ys + ci, alpha=0.15, color=line.get_color())
@@ -153,7 +184,7 @@ def plot(agg, runs, out: Path, published: tuple[str, ...] = ("dreamerv2",)) -> l
                 notes.append(f"paper {method}: " + ", ".join(
                     f"{marks[s]:g} at {s / 1e6:g}M" for s in steps))
         ax.set_xlabel("env steps")
-        ax.set_ylabel("eval episode return")
+        ax.set_ylabel("episode return (solid: eval; dashed: training)")
         ax.set_title(f"{transfers.get(task) or task}")
         # The paper's points beyond this budget go in the legend's title, so the legend, placed
         # where it hides the least, never covers them (a separate text box once did).
@@ -176,8 +207,9 @@ def published_text(task: str, env_steps: int, published: tuple[str, ...]) -> str
 def table(agg, runs, published: tuple[str, ...] = ("dreamerv2",)) -> str:
     transfers = {r["task"]: r["transfer"] for r in runs}
     lines = ["| task | method | seeds | env steps | final return: mean (per seed) | best mean "
-             "| random policy | published at this budget: mean [min–max] | paper at 0.5M / 1M |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| training episodes, last window: mean (per seed) | random policy "
+             "| published at this budget: mean [min–max] | paper at 0.5M / 1M |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for (task, method), points in sorted(agg.items()):
         last = points[-1]
         ref = _reference(transfers.get(task)).get(method, {})
@@ -188,9 +220,13 @@ def table(agg, runs, published: tuple[str, ...] = ("dreamerv2",)) -> str:
         randoms = [r["random"] for r in seeds if r["random"] is not None]
         rand = f"{np.mean(randoms):.1f}" if randoms else "–"
         best = max(points, key=lambda p: p["mean"])
+        last_train = [r["training"][-1]["return"] for r in seeds
+                      if r["training"] and r["training"][-1]["point"] == r["rows"][-1]["point"]]
+        train = (f"{np.mean(last_train):.1f} ({', '.join(f'{x:.1f}' for x in last_train)})"
+                 if last_train else "–")
         lines.append(f"| {transfers.get(task) or task} | {method} | {last['n']} | "
                      f"{last['env_steps']} | {last['mean']:.1f} ({finals}) | "
-                     f"{best['mean']:.1f} at {best['env_steps']} | {rand} | "
+                     f"{best['mean']:.1f} at {best['env_steps']} | {train} | {rand} | "
                      f"{published_text(task, last['env_steps'], published)} | {paper} |")
     return "\n".join(lines) + "\n"
 

@@ -10,6 +10,8 @@ Run folder::
     checkpoints/latest.pt learner checkpoint (weights_only-loadable) + the loop's counters
     train.csv            one row per `log_every` updates (losses, eta, update time, fps)
     eval.csv             one row per evaluation (mean/min/max return, scheme, open-loop errors)
+    episodes.csv         one row per training episode (the exploring policy's return, as
+                         DreamerV2's published scores count them)
     openloop/            openloop_<env_steps>.png: the world model's open-loop prediction on the
                          first eval episode of each evaluation (diswm.diagnostics)
     metrics.json         summary: evaluations, counters, wall time
@@ -53,6 +55,27 @@ def append_csv(path: Path, row: dict[str, Any]) -> None:
         if new:
             writer.writeheader()
         writer.writerow(row)
+
+
+EPISODES = "episodes.csv"
+EPISODE_COLUMNS = ("env_steps", "return", "length", "policy_version", "actor", "env", "scheme",
+                   "id")
+
+
+def append_episode(run_dir: Path, fields: dict[str, Any]) -> None:
+    """One training episode (the exploring policy's, as DreamerV2's published scores count
+    them) as a row of ``episodes.csv``; `id` is its Redis stream id in a distributed run."""
+    append_csv(Path(run_dir) / EPISODES, {k: fields.get(k, "") for k in EPISODE_COLUMNS})
+
+
+def last_episode_id(run_dir: Path) -> str:
+    """The stream id of the last training episode in ``episodes.csv`` ("0-0": none yet)."""
+    path = Path(run_dir) / EPISODES
+    if not path.exists():
+        return "0-0"
+    with path.open(newline="") as f:
+        ids = [row["id"] for row in csv.DictReader(f) if row.get("id")]
+    return ids[-1] if ids else "0-0"
 
 
 def evaluate(cfg: Config, learner: Learner, episodes: int, scheme: str, seed: int) -> list[float]:
@@ -268,7 +291,7 @@ class SerialRunner:
         end = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
         start, last_log = time.perf_counter(), time.perf_counter()
         trained_initial = False
-        obs = self.env.reset()
+        obs, episode_return = self.env.reset(), 0.0
         self._store(obs, np.zeros(self.action_dim, np.float32))
         metrics: dict[str, float] = {}
         try:
@@ -284,11 +307,18 @@ class SerialRunner:
                     action = self.policy({"image": obs["image"][None], "is_first": [obs["is_first"]]})[0]
                 before = self.env.episode_env_steps
                 obs = self.env.step(action)
+                episode_return += float(obs["reward"])
                 c["env_steps"] += self.env.episode_env_steps - before
                 c["agent_steps"] += 1
                 self._store(obs, action)
                 if obs["is_last"]:
                     c["episodes"] += 1
+                    append_episode(self.run_dir, {
+                        "env_steps": c["env_steps"], "return": round(episode_return, 4),
+                        "length": self.env.episode_env_steps, "policy_version":
+                        self.policy.version, "actor": 0, "env": 0,
+                        "scheme": self.learner.scheme})
+                    episode_return = 0.0
                     obs = self.env.reset()
                     self._store(obs, np.zeros(self.action_dim, np.float32))
                 if c["agent_steps"] >= self.prefill_until and len(self.replay) >= cfg.train.batch_length:

@@ -33,6 +33,8 @@ from learner.schedule import RunSchedule, legacy_schedule
 from learner.serial import (
     CHECKPOINT,
     append_csv,
+    append_episode,
+    last_episode_id,
     openl_note,
     write_summary,
 )
@@ -73,6 +75,7 @@ class LearnerService:
         self._lease_kept = time.monotonic()
         self.weights = WeightStore(self.sampler.client, spec.namespace)
         self.control = RunControl(self.sampler.client, spec.namespace)
+        self._episodes_after = last_episode_id(self.run_dir)  # training episodes in episodes.csv
         if self.resumed:
             self.control.add(learner_restarts=1)
         self.control.set("scheme", self.learner.scheme)
@@ -202,6 +205,16 @@ class LearnerService:
                       f"(scheme {row['scheme']}, {row['updates']} updates){openl_note(row)}")
         self.write_summary()
 
+    def collect_episodes(self) -> int:
+        """Append the training episodes the actors recorded since the last call to
+        ``episodes.csv``; returns how many."""
+        new = self.control.episodes(self._episodes_after)
+        for entry_id, fields in new:
+            append_episode(self.run_dir, {**fields, "id": entry_id})
+        if new:
+            self._episodes_after = new[-1][0]
+        return len(new)
+
     def checkpoint(self, env_steps: int) -> None:
         self.learner.save(self.run_dir / CHECKPOINT, extra={"schedule": self.schedule.state()})
         if self.cfg.replay.persistence == "snapshot":
@@ -271,6 +284,7 @@ class LearnerService:
                 initial_done = True
                 if time.perf_counter() - last_log > self.log_every:
                     last_log = time.perf_counter()
+                    self.collect_episodes()
                     self.progress(self.status_line(env_steps, counters["agent_steps"]))
         finally:
             prefetcher.close()
@@ -305,6 +319,7 @@ class LearnerService:
         return summary
 
     def write_summary(self) -> dict[str, Any]:
+        self.collect_episodes()
         return write_summary(
             self.run_dir, self.cfg, self.evals, namespace=self.spec.namespace,
             updates=self.learner.updates, policy_version=self.learner.version,

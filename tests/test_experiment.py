@@ -86,6 +86,25 @@ def test_grid_points_align_runs_exactly(tmp_path):
     assert all(p["n"] == 2 for p in points)
 
 
+def test_training_episodes_are_averaged_over_each_evaluations_window(tmp_path):
+    run = fake_run(tmp_path, "r", "dmc:cheetah_run", "dreamerv2_repro", 0, None,
+                   [1.0, 2.0, 3.0, 4.0], every=100)
+    episodes = [(50, 10.0), (100, 20.0), (150, 30.0), (220, 40.0), (290, 50.0), (300, 60.0),
+                (310, 70.0)]  # the last ends after the last evaluation (the actors' tail)
+    with (run / "episodes.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["env_steps", "return", "length", "policy_version", "actor", "env", "scheme",
+                    "id"])
+        for steps, ret in episodes:
+            w.writerow([steps, ret, 100, 0, 0, 0, "A", ""])
+    loaded = load_run(run)
+    # windows (-100, 0], (0, 100], (100, 200], (200, 300 and after]
+    assert [(w["point"], w["return"], w["episodes"]) for w in loaded["training"]] == [
+        (100, 15.0, 2), (200, 30.0, 1), (300, np.mean([40.0, 50.0, 60.0, 70.0]), 4)]
+    table = report([run], tmp_path / "rep")["table"]
+    assert "| 55.0 (55.0) |" in table
+
+
 def test_single_seed_has_no_band(tmp_path):
     run = fake_run(tmp_path, "a", "dmc:hopper_stand", "diswm", 0, None, [1.0, 2.0])
     (point,) = aggregate([load_run(run)])[("dmc:hopper_stand", "diswm")][-1:]
@@ -135,6 +154,13 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert diswm_cfg.distill.teacher.endswith("teacher.pt")
     assert not load_config([str(runs / "dreamerv2-seed0" / "config.yaml")]).distill.enabled
     assert "| cheetah_run_to_walker_walk | dreamerv2 | 1 |" in summary["table"]
+    # The actors' training episodes (tiny: 100 env steps each; one actor, so the run's env
+    # steps at each episode's end are exact), in the run folder and in the report.
+    episodes = list(csv.DictReader((runs / "dreamerv2-seed0" / "episodes.csv").open()))
+    assert [int(e["env_steps"]) for e in episodes] == [100, 200, 300]
+    assert all(int(e["length"]) == 100 and e["id"] and e["actor"] == "0" for e in episodes)
+    mean = np.mean([float(e["return"]) for e in episodes[-1:]])
+    assert f"| {mean:.1f} ({mean:.1f}) |" in summary["table"]
     # A second call finds everything done and only reports again.
     again = run_experiment(
         "cheetah_run_to_walker_walk", methods=["diswm", "dreamerv2"], seeds=1, budget="cpu",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import torch
 
 from diswm.config import Config, load_config
@@ -40,6 +41,12 @@ def test_serial_runner_tiny_run_and_resume(tmp_path):
     assert rows and float(rows[-1]["eta"]) > 0 and "model/distill" in rows[-1]
     assert (run / "curve.png").stat().st_size > 1000
     assert json.loads((run / "metrics.json").read_text())["final_return"] is not None
+    # Training episodes (tiny: 100 env steps each), across the resume: the first run's one
+    # finished episode, then the resumed run's (it starts a new episode at env step 160).
+    episodes = list(csv.DictReader((run / "episodes.csv").open()))
+    assert [int(e["env_steps"]) for e in episodes] == [100, 260]
+    assert all(int(e["length"]) == 100 and np.isfinite(float(e["return"])) for e in episodes)
+    assert [e["scheme"] for e in episodes] == ["A", "B"]
 
 
 def test_serial_runner_stores_the_teachers_latents(tmp_path):

@@ -616,3 +616,16 @@ def test_sigterm_stops_a_serial_run_with_a_checkpoint_to_resume_from(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     saved = load_checkpoint(run / "checkpoints" / "latest.pt")
     assert saved["extra"]["counters"]["env_steps"] > 0
+
+
+def test_training_episodes_round_trip_through_the_control_plane(redis_server):
+    control = RunControl(redis_server.client(), "episodes-test")
+    for k in range(3):
+        control.record_episode(env_steps=1000 * (k + 1), actor=k, env=0, length=1000,
+                               policy_version=10 * k, scheme="A", **{"return": 1.5 * k})
+    every = control.episodes()
+    assert [int(f["env_steps"]) for _, f in every] == [1000, 2000, 3000]
+    assert [float(f["return"]) for _, f in every] == [0.0, 1.5, 3.0]
+    # A learner that resumes from the last id it wrote gets only what came after it.
+    assert [f["actor"] for _, f in control.episodes(after=every[1][0])] == ["2"]
+    assert control.episodes(after=every[-1][0]) == []
