@@ -107,3 +107,14 @@ def test_the_end_of_a_run_names_dreamerv2s_published_return_at_its_env_step():
                     "training episodes)")
     assert published_note("mujoco:pusher", 30_000) == ""
     assert published_note("dmc:cheetah_run", None) == ""
+
+
+def test_the_end_of_a_run_gives_its_own_training_episodes_beside_them(tmp_path):
+    from diswm.runtime.job import training_note
+
+    assert training_note(tmp_path, 4000) == ""  # a run without episodes.csv
+    rows = [(2000, 5.0), (30000, 100.0), (31000, 150.0), (32100, 170.0)]
+    (tmp_path / "episodes.csv").write_text(
+        "env_steps,return\n" + "".join(f"{s},{r}\n" for s, r in rows))
+    assert training_note(tmp_path, 4000) == (
+        ", training episodes of the last 4000 env steps 140.0 (3)")

@@ -130,8 +130,10 @@ def run_job(cfg: Config, run_dir: str | Path, *, teacher: str | None = None,
     final_return, rand = summary.get("final_return"), random_ref["return_mean"]
     versus = (f" vs {rand:.1f} for a random policy ({final_return / rand:.1f}x)"
               if final_return is not None and rand > 0 else f" vs {rand:.1f} for a random policy")
+    training = training_note(run_dir, cfg.train.eval_every)
     progress(f"done in {summary['wall_seconds'] / 60:.1f} min: final eval return "
              f"{final_return if final_return is None else round(final_return, 1)}{versus}"
+             f"{training}"
              f"{published_note(cfg.env.task, (final or {}).get('counters', {}).get('env_steps'))}"
              f"; see {run_dir / 'summary.json'} and {run_dir / 'curve.png'}")
     return summary
@@ -144,6 +146,24 @@ def _print_metrics_urls(cluster: Cluster, progress: Callable[[str], None]) -> No
         progress(f"      metrics: http://{address}/metrics  ({name})")
     progress(f"      Prometheus: make monitor RUN={cluster.run_dir}  (targets in "
              f"{cluster.run_dir / 'prometheus' / 'targets.json'})")
+
+
+def training_note(run_dir: Path, window: int) -> str:
+    """", training episodes of the last `window` env steps: mean (n)" from the run's
+    episodes.csv (the exploring policy, which is what the published scores count)."""
+    import csv
+
+    path = Path(run_dir) / "episodes.csv"
+    if not path.exists():
+        return ""
+    with path.open(newline="") as f:
+        rows = [(int(r["env_steps"]), float(r["return"])) for r in csv.DictReader(f)]
+    if not rows:
+        return ""
+    end = max(s for s, _ in rows)
+    last = [r for s, r in rows if s > end - window]
+    return (f", training episodes of the last {window} env steps {sum(last) / len(last):.1f} "
+            f"({len(last)})")
 
 
 def published_note(task: str, env_steps: int | None) -> str:
