@@ -157,10 +157,11 @@ def test_tiny_experiment_end_to_end(tmp_path):
     # The actors' training episodes (tiny: 100 env steps each; one actor, so the run's env
     # steps at each episode's end are exact), in the run folder and in the report.
     episodes = list(csv.DictReader((runs / "dreamerv2-seed0" / "episodes.csv").open()))
-    assert [int(e["env_steps"]) for e in episodes] == [100, 200, 300]
+    steps = [int(e["env_steps"]) for e in episodes]  # the actor may finish one past the budget
+    assert steps[:3] == [100, 200, 300] and steps == [100 * (k + 1) for k in range(len(steps))]
     assert all(int(e["length"]) == 100 and e["id"] and e["actor"] == "0" for e in episodes)
-    mean = np.mean([float(e["return"]) for e in episodes[-1:]])
-    assert f"| {mean:.1f} ({mean:.1f}) |" in summary["table"]
+    mean = np.mean([float(e["return"]) for e in episodes if int(e["env_steps"]) > 200])
+    assert f"| {mean:.1f} ({mean:.1f}) |" in summary["table"]  # the last window, (200, end]
     # A second call finds everything done and only reports again.
     again = run_experiment(
         "cheetah_run_to_walker_walk", methods=["diswm", "dreamerv2"], seeds=1, budget="cpu",
