@@ -38,20 +38,22 @@ else
 fi
 echo "setup done at $((SECONDS - T0)) s"
 RUNS=/tmp/gpu-repro
-T=$(( $(left) - 45 ))  # what the report and the copies need afterwards
+T=$(( $(left) - 120 ))  # the stop (up to 90 s before a kill), the report and the copies
 echo "reproduction for $T s: ${TASKS:-dmc:cartpole_swingup dmc:cheetah_run}"
 # shellcheck disable=SC2086
-timeout -s TERM -k 30 "$T" $PY -m diswm experiment reproduce \
+timeout -s TERM -k 90 "$T" $PY -m diswm experiment reproduce \
   --tasks ${TASKS:-dmc:cartpole_swingup dmc:cheetah_run} --seeds "${SEEDS:-1}" --parallel 2 \
   "${SIZE[@]}" --out "$RUNS" --set "${SET[@]}" ${EXTRA:-} >"$OUT/repro.log" 2>&1
-echo "reproduce rc=$? at $((SECONDS - T0)) s (124 or 143: stopped at the time limit)"
+echo "reproduce rc=$? at $((SECONDS - T0)) s (124 or 143: stopped at the time limit; 137: killed
+  90 s after that, its files up to the last evaluation kept)"
 grep -E "eval at|done in|error" "$OUT/repro.log" | tail -20
 $PY -m diswm report "$RUNS/runs" --out "$OUT/report" --published dreamerv2 dreamerv3 \
   >"$OUT/report.log" 2>&1
 echo "report rc=$?"; cat "$OUT/report/results.md" 2>/dev/null
 for run in "$RUNS"/runs/*/; do
   name=$(basename "$run"); mkdir -p "$OUT/runs/$name"
-  for f in eval.csv train.csv config.yaml random.json experiment.json summary.json curve.png; do
+  for f in eval.csv episodes.csv train.csv config.yaml random.json experiment.json summary.json \
+           curve.png; do
     [ -f "$run$f" ] && cp "$run$f" "$OUT/runs/$name/"
   done
   last=$(ls "$run"openloop/*.png 2>/dev/null | sort -V | tail -1)
