@@ -33,6 +33,7 @@ import yaml
 from diswm.published import METHODS as PUBLISHED_METHODS
 from diswm.published import Published
 from diswm.published import draw as draw_published
+from diswm.runfolder import read_episodes
 
 
 def anchor_scores() -> dict[str, Any]:
@@ -76,10 +77,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
                 "neither is dropped: re-evaluate one of them or report the runs apart")
         seen[point] = row["env_steps"]
         row["point"] = point
-    training = []
-    if (run_dir / "episodes.csv").exists():  # training episodes (learner/serial.py)
-        with (run_dir / "episodes.csv").open() as f:
-            training = [(int(r["env_steps"]), float(r["return"])) for r in csv.DictReader(f)]
+    training = [(int(r["env_steps"]), float(r["return"])) for r in read_episodes(run_dir)]
     random_path = run_dir / "random.json"
     dist = cfg.get("distraction", {})
     switch = (float(dist["switch_at"]) * int(cfg["train"]["steps"])

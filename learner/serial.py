@@ -40,7 +40,7 @@ from diswm.agent.teacher import TeacherLatents, stores_teacher_latents
 from diswm.config import Config
 from diswm.diagnostics import open_loop_report
 from diswm.envs import make_env
-from diswm.runfolder import private_dir
+from diswm.runfolder import append_episode, private_dir
 from learner.learner import Learner
 from learner.schedule import RunSchedule, legacy_schedule
 from replay_service.buffer import SequenceBuffer
@@ -55,27 +55,6 @@ def append_csv(path: Path, row: dict[str, Any]) -> None:
         if new:
             writer.writeheader()
         writer.writerow(row)
-
-
-EPISODES = "episodes.csv"
-EPISODE_COLUMNS = ("env_steps", "return", "length", "policy_version", "actor", "env", "scheme",
-                   "id")
-
-
-def append_episode(run_dir: Path, fields: dict[str, Any]) -> None:
-    """One training episode (the exploring policy's, as DreamerV2's published scores count
-    them) as a row of ``episodes.csv``; `id` is its Redis stream id in a distributed run."""
-    append_csv(Path(run_dir) / EPISODES, {k: fields.get(k, "") for k in EPISODE_COLUMNS})
-
-
-def last_episode_id(run_dir: Path) -> str:
-    """The stream id of the last training episode in ``episodes.csv`` ("0-0": none yet)."""
-    path = Path(run_dir) / EPISODES
-    if not path.exists():
-        return "0-0"
-    with path.open(newline="") as f:
-        ids = [row["id"] for row in csv.DictReader(f) if row.get("id")]
-    return ids[-1] if ids else "0-0"
 
 
 def evaluate(cfg: Config, learner: Learner, episodes: int, scheme: str, seed: int) -> list[float]:

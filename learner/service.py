@@ -27,14 +27,12 @@ from diswm.agent.teacher import publish_teacher, stores_teacher_latents
 from diswm.broadcast import WeightStore
 from diswm.config import Config
 from diswm.control import NamespaceLease, RunControl
-from diswm.runfolder import private_dir
+from diswm.runfolder import append_episode, last_episode_id, private_dir
 from learner.learner import Learner
 from learner.schedule import RunSchedule, legacy_schedule
 from learner.serial import (
     CHECKPOINT,
     append_csv,
-    append_episode,
-    last_episode_id,
     openl_note,
     write_summary,
 )

@@ -151,19 +151,15 @@ def _print_metrics_urls(cluster: Cluster, progress: Callable[[str], None]) -> No
 def training_note(run_dir: Path, window: int) -> str:
     """", training episodes of the last `window` env steps: mean (n)" from the run's
     episodes.csv (the exploring policy, which is what the published scores count)."""
-    import csv
+    from diswm.report import training_windows
+    from diswm.runfolder import read_episodes
 
-    path = Path(run_dir) / "episodes.csv"
-    if not path.exists():
+    episodes = [(int(r["env_steps"]), float(r["return"])) for r in read_episodes(run_dir)]
+    if not episodes:
         return ""
-    with path.open(newline="") as f:
-        rows = [(int(r["env_steps"]), float(r["return"])) for r in csv.DictReader(f)]
-    if not rows:
-        return ""
-    end = max(s for s, _ in rows)
-    last = [r for s, r in rows if s > end - window]
-    return (f", training episodes of the last {window} env steps {sum(last) / len(last):.1f} "
-            f"({len(last)})")
+    last = training_windows(episodes, [max(s for s, _ in episodes)], window)[0]
+    return (f", training episodes of the last {window} env steps {last['return']:.1f} "
+            f"({last['episodes']})")
 
 
 def published_note(task: str, env_steps: int | None) -> str:
