@@ -27,15 +27,17 @@ from diswm.agent.teacher import publish_teacher, stores_teacher_latents
 from diswm.broadcast import WeightStore
 from diswm.config import Config
 from diswm.control import NamespaceLease, RunControl
-from diswm.runfolder import append_episode, last_episode_id, private_dir
-from learner.learner import Learner
-from learner.schedule import RunSchedule, legacy_schedule
-from learner.serial import (
+from diswm.runfolder import (
     CHECKPOINT,
     append_csv,
-    openl_note,
+    append_episode,
+    last_episode_id,
+    private_dir,
     write_summary,
 )
+from learner.evaluator import openl_note
+from learner.learner import Learner
+from learner.schedule import RunSchedule, legacy_schedule
 from replay_service.client import Prefetcher, ReplaySampler, ReplaySpec
 from replay_service.workers import SamplerPool
 

@@ -28,6 +28,7 @@ from replay_service.batch import WHOLE, BatchBuilder, legacy_layout
 from replay_service.blocks import Layout, parse_header
 from replay_service.chunks import Schema, describe_schema_change
 from replay_service.index import SELECTORS, ChunkInfo, SequenceIndex
+from replay_service.prefetch import Prefetcher
 from replay_service.scripts import _SAMPLE_LUA, script_caller
 from replay_service.shards import placement
 from replay_service.spec import META_FIELDS, ReplaySpec, ReplayTimeout, _Backoff, connect, read_meta
@@ -176,8 +177,6 @@ class ReplaySampler:
     def prefetch(self, batch_size: int, length: int, depth: int = 2
                  ) -> Iterator[Iterator[dict[str, np.ndarray]]]:
         """A background thread keeps `depth` batches ready; errors surface on `next()`."""
-        from replay_service.prefetch import Prefetcher  # it builds on this module
-
         prefetcher = Prefetcher(self, batch_size, length, depth)
 
         def batches() -> Iterator[dict[str, np.ndarray]]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_learner import make_batch
 
-from diswm.config import load_config
+from diswm.presets import load_config
 from learner import Learner
 from learner.evaluator import Evaluator, evaluation_snapshot
 

@@ -264,7 +264,8 @@ def test_cluster_needs_the_password(cluster):
 
 
 def test_shards_config(tmp_path):
-    from diswm.config import ConfigError, load_config
+    from diswm.config import ConfigError
+    from diswm.presets import load_config
 
     cfg = load_config(["debug"], ["replay.shards=3"])
     assert ReplaySpec.from_config(cfg, port=1, password="p").shards == 3
@@ -273,7 +274,7 @@ def test_shards_config(tmp_path):
 
 
 def test_bench_shards_refuses_bad_counts(capsys):
-    from diswm.cli import main
+    from ops.cli import main
 
     assert main(["bench", "replay", "--shards", "0", "2"]) == 2
     assert capsys.readouterr().err.strip() == (

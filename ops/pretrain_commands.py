@@ -1,4 +1,4 @@
-"""`diswm pretrain ...` subcommands (registered by diswm/cli.py):
+"""`diswm pretrain ...` subcommands (registered by ops/cli.py):
 
     diswm pretrain collect --task dmc:cheetah_run --frames 100000 --out data/cheetah [--workers 4]
                            [--policy LEARNER_CKPT] [--scheme A|B]
@@ -22,7 +22,7 @@ def _log(msg: str) -> None:
 
 
 def _cfg(args: argparse.Namespace):
-    from diswm.config import load_config
+    from diswm.presets import load_config
 
     return load_config(args.config, args.overrides)
 

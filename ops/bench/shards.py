@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from diswm.bench.common import write_report
 from diswm.config import Config
+from ops.bench.common import write_report
 
 _NODE_STATS = ("total_net_input_bytes", "total_net_output_bytes")
 
@@ -77,7 +77,7 @@ def _node_stats(client) -> dict[str, float]:
 
 
 def _save_frames(cfg: Config, n: int, path: Path) -> int:
-    from diswm.bench.replay import _frames
+    from ops.bench.replay import _frames
     from replay_service.chunks import normalise_step
 
     steps = [normalise_step(s) for s in _frames(cfg, n, cfg.train.seed)]
