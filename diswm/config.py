@@ -248,7 +248,7 @@ class ReplayConfig:
     persistence: str = field(default="aof", metadata=_choices("aof", "snapshot", "none"))
     fsync: str = field(default="everysec", metadata=_choices("everysec", "always", "no"))
     # > 1: the replay is sharded over a Redis Cluster with this many masters (one shard each;
-    # replay_service/shards.py): started locally, or the one at replay.host:replay.port.
+    # replay_service/redis_cluster.py): started locally, or the one at replay.host:replay.port.
     shards: int = field(default=1, metadata=_range(ge=1, le=1024))
     # Images are compressed in blocks of this many steps inside a chunk, so a sampled sequence
     # decodes only the blocks it covers (0: whole-chunk records, as before).

@@ -125,7 +125,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from learner.inspection import format_report, inspect_run
+    from learner.run_inspection import format_report, inspect_run
 
     result = inspect_run(args.run, checkpoint=args.checkpoint, episodes=args.episodes,
                          out=args.out, seed=args.seed)
@@ -155,7 +155,7 @@ def _cmd_bench_replay(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     if args.shards:
-        from ops.bench.shards import bench_shards
+        from ops.bench.replay_shards import bench_shards
 
         report = bench_shards(cfg, args.shards, writers=args.writers, seconds=args.seconds,
                               json_path=args.json,

@@ -29,8 +29,8 @@ from replay_service.blocks import Layout, parse_header
 from replay_service.chunks import Schema, describe_schema_change
 from replay_service.index import SELECTORS, ChunkInfo, SequenceIndex
 from replay_service.prefetch import Prefetcher
-from replay_service.scripts import _SAMPLE_LUA, script_caller
-from replay_service.shards import placement
+from replay_service.redis_cluster import placement
+from replay_service.scripts import SAMPLE_LUA, script_caller
 from replay_service.spec import META_FIELDS, ReplaySpec, ReplayTimeout, _Backoff, connect, read_meta
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class ReplaySampler:
         # The sample path fails fast on a shard that is down (and leaves it out); one Redis
         # retries through an outage, as before.
         self._data = self.client if spec.shards == 1 else connect(spec, fail_fast=True)
-        self._grant = script_caller(self._data, _SAMPLE_LUA, spec.shards > 1)
+        self._grant = script_caller(self._data, SAMPLE_LUA, spec.shards > 1)
         self._rng = np.random.default_rng(seed)
         self._shards = [_Shard(k, p, SELECTORS[spec.selector]())
                         for k, p in enumerate(spec.shard_prefixes)]

@@ -18,7 +18,7 @@ from diswm.rollout import RandomPolicy, concat_episodes, run_episode, split_epis
 from ops.cli import main
 from pretrain.collect import collect
 from pretrain.dataset import VideoDataset
-from pretrain.shards import (
+from pretrain.video_shards import (
     MANIFEST,
     CorruptShard,
     ManifestError,

@@ -14,7 +14,7 @@ from diswm.models.video import load_pretrained, make_teacher
 from learner.learner import Learner
 from ops.cli import main
 from pretrain.collect import collect
-from pretrain.inspection import inspect_checkpoint
+from pretrain.teacher_inspection import inspect_checkpoint
 from pretrain.trainer import CHECKPOINT, PretrainRunner
 
 

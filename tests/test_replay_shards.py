@@ -20,7 +20,7 @@ from test_replay import check_batch, episodes
 
 from replay_service.check import check_replay
 from replay_service.client import ReplaySampler, ReplaySpec, ReplayTimeout, ReplayWriter, read_meta
-from replay_service.shards import LocalRedisCluster, placement, shard_tag, slot_range
+from replay_service.redis_cluster import LocalRedisCluster, placement, shard_tag, slot_range
 
 SHARDS = 3
 
@@ -366,7 +366,7 @@ def _alive(pid: int) -> bool:
 def test_unfed_shards_are_named():
     """Actor i writes shard i mod N, so with fewer actors than shards (or after scaling leaves
     gaps in the indices) some shards get no writer; the runtime says which, in one line."""
-    from replay_service.shards import unfed_shards, unfed_shards_note
+    from replay_service.redis_cluster import unfed_shards, unfed_shards_note
 
     assert unfed_shards([0, 1], 3) == [2]
     assert unfed_shards([0, 1, 2, 3], 3) == []

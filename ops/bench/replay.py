@@ -14,7 +14,7 @@ limiter is off: this measures throughput, not the train ratio. Host memory is as
 process (`train.reuse_host_memory`, diswm/hostmem.py: freed memory kept for reuse, so a batch's
 arrays are not page-faulted afresh), for the baseline and the Redis path alike.
 
-``--shards 1 2 3`` runs replay_service's sharding benchmark instead (ops/bench/shards.py).
+``--shards 1 2 3`` runs replay_service's sharding benchmark instead (ops/bench/replay_shards.py).
 """
 
 from __future__ import annotations

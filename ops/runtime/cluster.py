@@ -28,8 +28,8 @@ from diswm.runfolder import private_dir
 from diswm.signals import ray_init
 from diswm.supervision import one_line
 from replay_service.client import ReplaySampler, ReplaySpec, read_meta
+from replay_service.redis_cluster import LocalRedisCluster
 from replay_service.server import RedisServer, read_or_create_password
-from replay_service.shards import LocalRedisCluster
 from replay_service.spec import connect as replay_connect
 
 STATE_FILE = "cluster.json"

@@ -76,7 +76,7 @@ def cmd_cluster_up(args: argparse.Namespace, cfg) -> int:
 
 def _note_unfed_shards(actor_names: list[str], shards: int) -> None:
     """One line when some replay shards get no writer (actor i writes shard i mod shards)."""
-    from replay_service.shards import unfed_shards_note
+    from replay_service.redis_cluster import unfed_shards_note
 
     note = unfed_shards_note([int(name.rsplit("-", 1)[1]) for name in actor_names], shards)
     if note:

@@ -26,7 +26,7 @@ from diswm.control import RunControl, RunFailed
 from diswm.runfolder import private_dir
 from diswm.supervision import one_line
 from ops.runtime.cluster import Cluster, action_dim_of
-from replay_service.shards import unfed_shards_note
+from replay_service.redis_cluster import unfed_shards_note
 
 
 def _pretrain(cfg: Config, run_dir: Path, progress: Callable[[str], None]) -> tuple[Path, dict]:

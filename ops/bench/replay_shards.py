@@ -89,8 +89,8 @@ def bench_shards(cfg: Config, shard_counts: list[int], *, writers: int = 4,
                  seconds: float = 8.0, actors: int = 1000, frames_per_s: float = 150.0,
                  target_utilization: float = 0.5, json_path=None, progress=print
                  ) -> dict[str, Any]:
+    from replay_service.redis_cluster import LocalRedisCluster
     from replay_service.server import RedisServer
-    from replay_service.shards import LocalRedisCluster
     from replay_service.spec import ReplaySpec
 
     if not shard_counts or min(shard_counts) < 1:
