@@ -137,7 +137,8 @@ def cmd_replay_check(args: argparse.Namespace, cfg) -> int:
     import redis
 
     from diswm.config import build_config
-    from ops.runtime.cluster import STATE_FILE, stored_password
+    from ops.runtime.cluster import STATE_FILE
+    from ops.runtime.redis_process import stored_password
     from replay_service.check import check_replay
     from replay_service.spec import ReplaySpec, connect
 

@@ -205,8 +205,8 @@ def _run_concurrently(todo, runs, out: Path, parallel: int, retries: int,
     from ray.util.placement_group import placement_group, remove_placement_group
 
     from ops.report import report
-    from ops.runtime.cluster import _cluster_gpus, run_bundles
     from ops.runtime.job import run_job
+    from ops.runtime.ray_head import cluster_gpus, run_bundles
     from replay_service.server import RedisServer
 
     sharded = sorted({cfg.replay.shards for _, cfg, _, _, _ in todo} - {1})
@@ -254,7 +254,7 @@ def _run_concurrently(todo, runs, out: Path, parallel: int, retries: int,
                 progress(f"[{name}] {msg}")
 
             for attempt in range(retries + 1):
-                pg = placement_group(run_bundles(cfg, _cluster_gpus() > 0), strategy="PACK")
+                pg = placement_group(run_bundles(cfg, cluster_gpus() > 0), strategy="PACK")
                 try:
                     say(f"=== {title}: waiting for room in the cluster"
                         + (f" (attempt {attempt + 1})" if attempt else ""))
