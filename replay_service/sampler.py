@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Protocol
 
 import numpy as np
 import redis
@@ -59,11 +60,42 @@ class _Shard:
         self.probed = 0.0
 
 
+class BatchArrays(Protocol):
+    """Where a batch's arrays live: (batch size, length, step schema) -> empty arrays to fill."""
+
+    def __call__(self, batch_size: int, length: int, schema: Schema) -> dict[str, np.ndarray]: ...
+
+
+class ReusedArrays:
+    """A batch's arrays in this process: arrays that nobody holds any more (not the caller, no
+    view, no tensor made from them) are filled again, so their pages are not faulted in and
+    zeroed anew for every batch; otherwise new ones (up to `keep` batches are kept)."""
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self._spare: list[dict[str, np.ndarray]] = []
+
+    def __call__(self, batch_size: int, length: int, schema: Schema) -> dict[str, np.ndarray]:
+        shapes = {k: ((batch_size, length, *shape), np.dtype(dtype))
+                  for k, (dtype, shape) in schema.items()}
+        for arrays in self._spare:
+            if unheld(arrays) and {k: (a.shape, a.dtype) for k, a in arrays.items()} == shapes:
+                return dict(arrays)
+        arrays = {k: np.empty(shape, dtype) for k, (shape, dtype) in shapes.items()}
+        self._spare.append(arrays)
+        del self._spare[:-self.keep]
+        return dict(arrays)
+
+
 class ReplaySampler:
     """Learner side: samples (B, T) sequences through the limiter, skipping corrupt records."""
 
-    def __init__(self, spec: ReplaySpec, seed: int = 0, cache_chunks: int = 256):
+    def __init__(self, spec: ReplaySpec, seed: int = 0, cache_chunks: int = 256,
+                 arrays: BatchArrays | None = None):
+        """`arrays` gives each batch's arrays (default `ReusedArrays`: this process's memory,
+        reused once nobody holds it; the sampler processes' pool puts them in shared memory)."""
         self.spec = spec
+        self._arrays = arrays if arrays is not None else ReusedArrays()
         self.client = connect(spec)
         # The sample path fails fast on a shard that is down (and leaves it out); one Redis
         # retries through an outage, as before.
@@ -74,7 +106,6 @@ class ReplaySampler:
                         for k, p in enumerate(spec.shard_prefixes)]
         self._builder = BatchBuilder(cache_chunks, spec.sample_threads)
         self._schema: Schema | None = None
-        self._spare_batches: list[dict[str, np.ndarray]] = []
         self._min_diff, _ = spec.limits
         self.corrupt = 0
         self.last_duration = 0.0  # seconds the last batch took, waiting on the limiter aside
@@ -115,7 +146,7 @@ class ReplaySampler:
         out = None
         for _ in range(100):
             if out is None:
-                out = self._batch_buffers(batch_size, length, self._namespace_schema(rows))
+                out = self._arrays(batch_size, length, self._namespace_schema(rows))
             redo = self._fill(out, rows)
             if not redo:
                 break
@@ -137,22 +168,6 @@ class ReplaySampler:
         self._m_duration.observe(self.last_duration)
         self._m_sampled.inc(batch_size)
         return out
-
-    def _batch_buffers(self, batch_size: int, length: int, schema: Schema
-                       ) -> dict[str, np.ndarray]:
-        """Arrays for a batch: a batch's arrays that nobody holds any more (not the caller, no
-        view, no tensor made from them) are filled again, so their pages are not faulted in
-        and zeroed anew for every batch; otherwise new ones (up to 4 batches are kept)."""
-        shapes = {k: ((batch_size, length, *shape), np.dtype(dtype))
-                  for k, (dtype, shape) in schema.items()}
-        for arrays in self._spare_batches:
-            if unheld(arrays) and {
-                    k: (a.shape, a.dtype) for k, a in arrays.items()} == shapes:
-                return dict(arrays)
-        arrays = {k: np.empty(shape, dtype) for k, (shape, dtype) in shapes.items()}
-        self._spare_batches.append(arrays)
-        del self._spare_batches[:-4]
-        return dict(arrays)
 
     def _rows(self, n: int, length: int, backoff: _Backoff, clock: dict
               ) -> list[tuple[_Shard, list]]:
