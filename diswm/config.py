@@ -182,6 +182,8 @@ class TrainConfig:
     # does by default (its `eval_state_mean`), True takes their means.
     eval_state_mean: bool = False
     checkpoint_every: int = field(default=50_000, metadata=_range(gt=0))  # env steps
+    log_every: int = field(default=10, metadata=_range(gt=0))  # updates between train.csv rows
+    progress_every: float = field(default=10.0, metadata=_range(gt=0.0))  # s between progress lines
     device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
     # Compute dtype of matmuls and convolutions: "auto" = bf16 where the hardware has native
     # bf16 (AVX512-BF16/AMX CPUs, CUDA compute capability >= 8.0), fp32 elsewhere; fp16 is

@@ -175,3 +175,72 @@ def openl_note(row: dict[str, Any]) -> str:
         return ""
     return (f", open-loop image MSE {row['openl_image_mse']:.4f} reward MAE "
             f"{row['openl_reward_mae']:.3f}")
+
+
+class Evaluations:
+    """A run's evaluations, in order: each on a snapshot of the weights when it is due, in an
+    evaluation actor of its own when `remote` (a Ray actor on the learner's node; the learner
+    keeps training meanwhile), else here when it is collected. An evaluation the actor fails
+    twice is done here. The k-th evaluation's episodes are seeded ``train.seed + 10000 + k``."""
+
+    def __init__(self, cfg: Config, action_dim: int, run_dir: Path, *, submitted: int = 0,
+                 remote: bool = False):
+        self.cfg, self.action_dim, self.run_dir = cfg, action_dim, Path(run_dir)
+        self.submitted = submitted  # evaluations handed out so far (a resumed run's included)
+        self.pending: list[tuple[dict, Any]] = []  # (snapshot, the actor's result or None)
+        self.actor = self._start_actor() if remote and cfg.train.eval_episodes else None
+        self._local: Evaluator | None = None
+
+    def _start_actor(self):
+        import ray
+        from ray.util import get_current_placement_group
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # On the learner's node where it fits: it writes open-loop images into the run folder.
+        opts = {"num_cpus": 1, "max_restarts": 2, "max_task_retries": 1, "max_concurrency": 1}
+        if get_current_placement_group() is None:  # in a run's placement group it joins that
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=True)
+        return ray.remote(Evaluator).options(**opts).remote(
+            self.cfg.to_dict(), self.action_dim, str(self.run_dir), 1)
+
+    def submit(self, learner: Learner, *, point: int, env_steps: int,
+               wall_seconds: float) -> None:
+        if not self.cfg.train.eval_episodes:
+            return
+        snapshot = evaluation_snapshot(learner, point=point, env_steps=env_steps,
+                                       scheme=learner.scheme,
+                                       seed=self.cfg.train.seed + 10_000 + self.submitted)
+        snapshot["wall_seconds"] = wall_seconds
+        self.submitted += 1
+        ref = self.actor.evaluate.remote(snapshot) if self.actor is not None else None
+        self.pending.append((snapshot, ref))
+
+    def collect(self, block: bool = False, timeout: float = 1800.0,
+                progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
+        """The finished evaluations' rows, oldest first (`block`: wait for all of them)."""
+        rows = []
+        while self.pending:
+            snapshot, ref = self.pending[0]
+            if ref is None:
+                row = self._here(snapshot)
+            else:
+                import ray
+
+                ready, _ = ray.wait([ref], timeout=timeout if block else 0)
+                if not ready:
+                    break
+                try:
+                    row = ray.get(ref)
+                except Exception as err:  # noqa: BLE001 - the actor died twice: do it here
+                    progress(f"learner: the evaluation actor failed ({type(err).__name__}); "
+                             f"evaluating env step {snapshot['env_steps']} here")
+                    row = self._here(snapshot)
+            self.pending.pop(0)
+            rows.append({**row, "wall_seconds": round(snapshot["wall_seconds"], 3)})
+        return rows
+
+    def _here(self, snapshot: dict) -> dict:
+        if self._local is None:
+            self._local = Evaluator(self.cfg.to_dict(), self.action_dim, self.run_dir)
+        return self._local.evaluate(snapshot)

@@ -293,7 +293,7 @@ def test_reproduce_plans_single_task_runs_without_a_teacher(tmp_path):
 
 
 def test_progress_line_says_when_the_learner_trains_its_owed_updates():
-    from learner.service import progress_line
+    from learner.loop import progress_line
 
     metrics = {"model_loss": 12.5, "eta": 0.05}
     line = progress_line(8000, 4000, 300, 500, (0.0, 2000, 100), (60.0, 4000, 300), metrics)
