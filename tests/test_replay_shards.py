@@ -176,7 +176,7 @@ def test_a_killed_shard_loses_nothing_committed_and_the_others_keep_serving(clus
     before = [read_meta(sampler.client, spec, k) for k in range(SHARDS)]
     victim = cluster.nodes[1]
     held = ReplayWriter(spec, shard=1)  # writes to the shard that will die
-    caplog.set_level(logging.WARNING, logger="replay_service.sampler")
+    caplog.set_level(logging.WARNING, logger="replay_service")
     victim.kill()  # SIGKILL: no shutdown save; the AOF (fsync always) is all it keeps
     try:
         streams = set()
