@@ -10,7 +10,7 @@ cannot predict from those frames).
 
 import numpy as np
 
-from diswm.config import load_config
+from diswm.presets import load_config
 from diswm.envs import make_env
 
 cfg = load_config(["finger_spin_to_cartpole_swingup", "dreamerv2"], ["distraction.enabled=false"])
