@@ -138,13 +138,14 @@ class TrainLoop:
                     source.set_scheme(cfg.distraction.switch_to)
                     self.progress(f"env step {env_steps}: every env switches to colour scheme "
                                   f"{cfg.distraction.switch_to}")
+                for batch in source.batches(counters):
+                    self.collect_evaluations()
+                    self.last_metrics = self.update(batch, counters)
+                # After this step's updates: an evaluation at a grid point sees them.
                 if (point := self.schedule.eval_due(env_steps)) is not None:
                     self.evaluate(env_steps, point)
                 if self.schedule.checkpoint_due(env_steps):
                     self.checkpoint()
-                for batch in source.batches(counters):
-                    self.collect_evaluations()
-                    self.last_metrics = self.update(batch, counters)
                 if time.perf_counter() - last_log > cfg.train.progress_every:
                     last_log = time.perf_counter()
                     source.sync()
