@@ -23,7 +23,7 @@ from typing import Any
 from diswm import metrics, priority, telemetry
 from diswm.config import build_config
 from diswm.control import RunControl
-from diswm.supervision import CrashLedger, one_line
+from diswm.supervision import CrashLedger, one_line, ray_node_id
 from replay_service.client import ReplaySpec, connect
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class EnvActor:
         base = self.worker.stats() if self.worker is not None else {"actor": self.index}
         return {**base, "name": self.name, "pid": os.getpid(), "loop_tid": self._thread.native_id,
                 "metrics_port": self.metrics_port,
-                "running": self._thread.is_alive(), "failed": self.failed, "node": _node_id()}
+                "running": self._thread.is_alive(), "failed": self.failed, "node": ray_node_id()}
 
     def pid(self) -> int:
         return os.getpid()
@@ -160,12 +160,3 @@ def _reconstructed() -> bool:
         return bool(ray.get_runtime_context().was_current_actor_reconstructed)
     except Exception:  # noqa: BLE001 - outside Ray there is nothing to restart
         return False
-
-
-def _node_id() -> str | None:
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-    except Exception:  # noqa: BLE001 - outside Ray there is no node
-        return None

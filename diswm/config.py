@@ -1,26 +1,22 @@
-"""Typed, validated configuration built from YAML presets.
+"""The configuration's schema: frozen dataclasses, built from nested dicts and validated.
 
-All settings live in one file, ``diswm/configs/presets.yaml``: a ``defaults`` block nested by
-component and named presets that are deep-merged over it in the order given, then dotted
-``--set key=value`` overrides. The result becomes frozen dataclasses and is validated at once, so a
-wrong key, a wrong type or an impossible value fails at start with a message that names it::
+A nested dict becomes typed sections at once (`build_config`), so a wrong key, a wrong type or an
+impossible value fails with a message that names it; configs saved by older versions are read
+through `upgrade_saved`. Nothing here reads presets (diswm/presets.py layers them) or probes the
+machine (diswm/machine.py checks that a new run fits it), so a saved ``config.yaml`` loads the
+same everywhere::
 
-    cfg = load_config(["debug"], ["train.steps=20000", "env.task=dmc:walker_walk"])
+    cfg = load_config(["debug"], ["train.steps=20000"])   # diswm.presets
     cfg.save(run_dir / "config.yaml")
     assert Config.load(run_dir / "config.yaml") == cfg
-
-A preset can also be the path of a YAML file (a resolved ``config.yaml`` of an earlier run, or a
-partial file in the same nested form).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +24,12 @@ import yaml
 
 from diswm.priority import PRIORITIES
 
-PRESETS_RESOURCE = "presets.yaml"
-
 
 class ConfigError(ValueError):
     """A configuration key, type or value is invalid; the message names it (cut to a few hundred
     characters: a huge or malformed value must not flood the terminal)."""
 
-    MAX_LEN = 3000  # room for the list of valid task ids; echoed values are cut by _show
+    MAX_LEN = 3000  # room for the list of valid task ids; echoed values are cut by shorten
 
     def __init__(self, message: str):
         message = " ".join(line.strip() for line in message.splitlines() if line.strip())
@@ -188,6 +182,8 @@ class TrainConfig:
     # does by default (its `eval_state_mean`), True takes their means.
     eval_state_mean: bool = False
     checkpoint_every: int = field(default=50_000, metadata=_range(gt=0))  # env steps
+    log_every: int = field(default=10, metadata=_range(gt=0))  # updates between train.csv rows
+    progress_every: float = field(default=10.0, metadata=_range(gt=0.0))  # s between progress lines
     device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
     # Compute dtype of matmuls and convolutions: "auto" = bf16 where the hardware has native
     # bf16 (AVX512-BF16/AMX CPUs, CUDA compute capability >= 8.0), fp32 elsewhere; fp16 is
@@ -254,7 +250,7 @@ class ReplayConfig:
     persistence: str = field(default="aof", metadata=_choices("aof", "snapshot", "none"))
     fsync: str = field(default="everysec", metadata=_choices("everysec", "always", "no"))
     # > 1: the replay is sharded over a Redis Cluster with this many masters (one shard each;
-    # replay_service/shards.py): started locally, or the one at replay.host:replay.port.
+    # replay_service/redis_cluster.py): started locally, or the one at replay.host:replay.port.
     shards: int = field(default=1, metadata=_range(ge=1, le=1024))
     # Images are compressed in blocks of this many steps inside a chunk, so a sampled sequence
     # decodes only the blocks it covers (0: whole-chunk records, as before).
@@ -315,7 +311,8 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def validate(self) -> Config:
-        """Cross-field checks; field-level checks already ran while building."""
+        """Cross-field checks; field-level checks already ran while building. Nothing here
+        depends on the machine that reads the config (`diswm.machine.check_fits` does)."""
         from diswm.envs import validate_task_id  # local: envs import this module
 
         for key, task in (("env.task", self.env.task), ("pretrain.source_task",
@@ -349,27 +346,6 @@ class Config:
                 "distill.enabled=true needs model.encoder=beta_vae (teacher and student share "
                 "the 20-d z); DreamerV2's conv encoder has none: set distill.enabled=false")
         self.runtime.actor_resource_map()  # refuses a malformed value by name
-        memory = physical_memory()
-        batch_bytes = (self.train.batch_size * self.train.batch_length * self.env.size ** 2 * 3
-                       * 4)  # the batch's images as float32, before any activation
-        if memory and batch_bytes > memory // 4:
-            raise ConfigError(
-                f"train.batch_size={self.train.batch_size} x train.batch_length="
-                f"{self.train.batch_length} at {self.env.size}x{self.env.size} needs "
-                f"{batch_bytes / 2**30:.1f} GiB for the batch's images alone; this machine has "
-                f"{memory / 2**30:.0f} GiB: use a smaller batch")
-        if (memory and not self.runtime.ray_address  # one machine: every env lives here
-                and self.runtime.envs_per_actor * self.runtime.actors * 85e6 > memory):
-            raise ConfigError(
-                f"runtime.actors={self.runtime.actors} x runtime.envs_per_actor="
-                f"{self.runtime.envs_per_actor} envs need about "
-                f"{self.runtime.actors * self.runtime.envs_per_actor * 85e6 / 2**30:.0f} GiB "
-                f"(~85 MB per env); this machine has {memory / 2**30:.0f} GiB")
-        if self.train.device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ConfigError("train.device='cuda' but no CUDA device is visible; use 'auto'")
         return self
 
     @property
@@ -395,7 +371,7 @@ class Config:
     @classmethod
     def load(cls, path: str | Path) -> Config:
         """Read a resolved config written by `save` (nothing else is merged in)."""
-        return build_config(_read_yaml(Path(path)))
+        return build_config(read_yaml(Path(path)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,47 +387,47 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-        raise ConfigError(f"{key}: expected true or false, got {_show(value)}")
+        raise ConfigError(f"{key}: expected true or false, got {shorten(value)}")
     if tp is int:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {_show(value)}")
+            raise ConfigError(f"{key}: expected an integer, got {shorten(value)}")
         if isinstance(value, int):
             return value
         try:
             as_float = float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected an integer, got {_show(value)}") from None
+            raise ConfigError(f"{key}: expected an integer, got {shorten(value)}") from None
         if as_float.is_integer():
             return int(as_float)
-        raise ConfigError(f"{key}: expected an integer, got {_show(value)}")
+        raise ConfigError(f"{key}: expected an integer, got {shorten(value)}")
     if tp is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {_show(value)}")
+            raise ConfigError(f"{key}: expected a number, got {shorten(value)}")
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {_show(value)}") from None
+            raise ConfigError(f"{key}: expected a number, got {shorten(value)}") from None
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{key}: expected a string, got {_show(value)}")
+        raise ConfigError(f"{key}: expected a string, got {shorten(value)}")
     raise ConfigError(f"{key}: unsupported field type {annotation!r}")
 
 
 def _check_field(key: str, value: Any, meta: Mapping[str, Any]) -> None:
     if "choices" in meta and value not in meta["choices"]:
         allowed = ", ".join(repr(c) for c in meta["choices"])
-        raise ConfigError(f"{key}: {_show(value)} is not allowed; choose one of {allowed}")
+        raise ConfigError(f"{key}: {shorten(value)} is not allowed; choose one of {allowed}")
     bounds = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
               "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
     for name, (sign, ok) in bounds.items():
         if name in meta and not ok(value, meta[name]):
-            raise ConfigError(f"{key}: {_show(value)} is out of range; it must be {sign} {meta[name]}")
+            raise ConfigError(f"{key}: {shorten(value)} is out of range; it must be {sign} {meta[name]}")
 
 
 def _build_section(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix}: expected a mapping of keys, got {_show(data)}")
+        raise ConfigError(f"{prefix}: expected a mapping of keys, got {shorten(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(fields))
@@ -468,12 +444,12 @@ def _build_section(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
-_SECRET_IN_CONFIG = ("replay.password: secrets are not read from configs (a config is saved to "
+SECRET_IN_CONFIG = ("replay.password: secrets are not read from configs (a config is saved to "
                      "config.yaml and into every checkpoint); put the password in a file and set "
                      "replay.password_file=PATH, or export DISWM_REDIS_PASSWORD")
 
 
-def _upgrade(data: Mapping[str, Any]) -> Mapping[str, Any]:
+def upgrade_saved(data: Mapping[str, Any]) -> Mapping[str, Any]:
     """Read configs saved before a key was renamed or removed: `train.amp` (bool) became
     `train.precision` (amp false = fp32, as those runs computed; true = bf16); an empty
     `replay.password` (saved by older runs) is dropped, a set one refused (secrets come from a
@@ -481,7 +457,7 @@ def _upgrade(data: Mapping[str, Any]) -> Mapping[str, Any]:
     replay = data.get("replay") if isinstance(data, Mapping) else None
     if isinstance(replay, Mapping) and "password" in replay:
         if replay["password"]:
-            raise ConfigError(_SECRET_IN_CONFIG)
+            raise ConfigError(SECRET_IN_CONFIG)
         data = {**data, "replay": {k: v for k, v in replay.items() if k != "password"}}
     train = data.get("train") if isinstance(data, Mapping) else None
     if not isinstance(train, Mapping) or "amp" not in train:
@@ -497,7 +473,7 @@ def build_config(data: Mapping[str, Any]) -> Config:
     """Nested dict -> validated `Config` (missing keys take their defaults)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
-    data = _upgrade(data)
+    data = upgrade_saved(data)
     sections = {f.name: f for f in dataclasses.fields(Config)}
     hints = typing.get_type_hints(Config)
     unknown = sorted(set(data) - set(sections))
@@ -509,7 +485,7 @@ def build_config(data: Mapping[str, Any]) -> Config:
 
 
 # ---------------------------------------------------------------------------------------------
-# Presets and overrides.
+# Reading YAML, and the helpers the presets (diswm/presets.py) share.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -520,7 +496,7 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
-def _show(value: object, limit: int = 80) -> str:
+def shorten(value: object, limit: int = 80) -> str:
     """repr(value), cut to `limit` characters (a huge value must not flood the error)."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
@@ -536,24 +512,16 @@ def parse_resources(text: str, key: str) -> dict[str, float]:
         except ValueError:
             value = -1.0
         if not sep or not name.strip() or value <= 0 or name.strip() in ("CPU", "GPU", "memory"):
-            raise ConfigError(f"{key}: {_show(part)} must look like NAME=AMOUNT with a custom "
+            raise ConfigError(f"{key}: {shorten(part)} must look like NAME=AMOUNT with a custom "
                               "resource name and a positive amount, e.g. node2=1")
         out[name.strip()] = value
     return out
 
 
-def physical_memory() -> int:
-    """Bytes of RAM on this machine (0 if unknown)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; refuse anything near a megabyte
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
     try:
         size = path.stat().st_size
         if size > MAX_CONFIG_BYTES:
@@ -571,14 +539,6 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def read_presets() -> dict[str, dict]:
-    """All named presets of `diswm/configs/presets.yaml`."""
-    text = resources.files("diswm.configs").joinpath(PRESETS_RESOURCE).read_text()
-    presets = yaml.safe_load(text)
-    assert isinstance(presets, dict) and "defaults" in presets, "presets.yaml needs 'defaults'"
-    return presets
-
-
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in update.items():
@@ -587,57 +547,6 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
         else:
             out[key] = value
     return out
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`section.key=value` -> (["section", "key"], parsed value). Values parse as YAML scalars."""
-    if "=" not in text:
-        raise ConfigError(f"override {_show(text)} must look like section.key=value")
-    key, raw = text.split("=", 1)
-    parts = key.strip().split(".")
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"override key {key!r} must be section.key, e.g. train.steps=1000")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    if isinstance(value, (dict, list)):
-        raise ConfigError(f"override {key}: expected a scalar value, got {_show(raw)}")
-    return parts, ("" if value is None else value)
-
-
-def resolve_layers(presets: Iterable[str] = (), overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """defaults <- each preset in order <- each override; returns the merged nested dict."""
-    table = read_presets()
-    data: dict[str, Any] = deep_merge({}, table["defaults"])
-    for name in presets:
-        if name in table:
-            layer = table[name] or {}
-        elif name.endswith((".yaml", ".yml")):
-            layer = _read_yaml(Path(name))
-        else:
-            valid = ", ".join(k for k in table if k != "defaults")
-            raise ConfigError(f"unknown preset {name!r}; valid presets: {valid} "
-                              "(or the path of a .yaml file)")
-        data = deep_merge(data, _upgrade(layer))
-    for text in overrides:
-        (section, key), value = parse_override(text)
-        if (section, key) == ("replay", "password"):
-            raise ConfigError(_SECRET_IN_CONFIG)
-        if (section, key) == ("train", "amp"):
-            raise ConfigError("train.amp was replaced by train.precision "
-                              "(auto | fp32 | bf16 | fp16), e.g. --set train.precision=bf16")
-        data = deep_merge(data, {section: {key: value}})
-    return data
-
-
-def load_config(presets: Iterable[str] = (), overrides: Iterable[str] = ()) -> Config:
-    """The resolved, validated config for `--config PRESET...` and `--set key=value...`."""
-    return build_config(resolve_layers(presets, overrides))
-
-
-def preset_names() -> list[str]:
-    return [name for name in read_presets() if name != "defaults"]
 
 
 def replace(cfg: Config, **sections: Mapping[str, Any]) -> Config:
@@ -651,5 +560,5 @@ def replace(cfg: Config, **sections: Mapping[str, Any]) -> Config:
 __all__ = [
     "BehaviourConfig", "Config", "ConfigError", "DistillConfig", "DistractionConfig", "EnvConfig",
     "ModelConfig", "OptimConfig", "PretrainConfig", "ReplayConfig", "RuntimeConfig",
-    "TrainConfig", "build_config", "load_config", "preset_names", "replace", "resolve_layers",
+    "TrainConfig", "build_config", "deep_merge", "replace",
 ]

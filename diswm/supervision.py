@@ -78,3 +78,13 @@ class CrashLedger:
 
     def exhausted(self, count: int) -> bool:
         return count >= self.limit
+
+
+def ray_node_id() -> str | None:
+    """The Ray node this process runs on (a role's status names it), or None outside Ray."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray there is no node
+        return None

@@ -14,14 +14,20 @@ equals a local one, and evaluating inside a process never moves that process's r
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from diswm.config import build_config, replace
+from diswm.agent import Policy
+from diswm.config import Config, build_config, replace
+from diswm.diagnostics import open_loop_report
+from diswm.envs import make_env
+from diswm.runfolder import RANDOM
 from learner.learner import Learner
 
 
@@ -50,8 +56,6 @@ class Evaluator:
         self.learner = Learner(local, action_dim, device="cpu")
 
     def evaluate(self, snapshot: dict[str, Any]) -> dict[str, Any]:
-        from learner.serial import evaluate_recorded, open_loop_eval
-
         cfg, learner = self.cfg, self.learner
         learner.wm.load_state_dict(snapshot["wm"])
         learner.ac.load_state_dict(snapshot["ac"])
@@ -75,3 +79,168 @@ class Evaluator:
         import os
 
         return os.getpid()
+
+
+def evaluate(cfg: Config, learner: Learner, episodes: int, scheme: str, seed: int) -> list[float]:
+    """Returns of `episodes` episodes with the eval-mode policy (mode of the actor)."""
+    return evaluate_recorded(cfg, learner, episodes, scheme, seed)[0]
+
+
+def evaluate_recorded(cfg: Config, learner: Learner, episodes: int, scheme: str,
+                      seed: int) -> tuple[list[float], dict[str, np.ndarray]]:
+    """`evaluate`, plus the first episode recorded step by step in the replay's layout:
+    ``image`` (N, H, W, 3) uint8, ``action`` (N, A) float32 (the action that led to each
+    observation, zeros on the first), ``reward`` (N,) float32, ``is_first`` (N,) bool. Eval
+    episodes never enter the replay: this is held-out data for `diswm.diagnostics`."""
+    policy = Policy(cfg, learner.action_dim, 1, mode="eval")
+    policy.load_weights(*learner.get_weights("policy"))
+    returns: list[float] = []
+    steps: list[tuple[np.ndarray, np.ndarray, float, bool]] = []
+    zeros = np.zeros(learner.action_dim, np.float32)
+    with make_env(cfg.env, cfg.distraction, seed=seed) as env:
+        if cfg.distraction.enabled:
+            env.set_scheme(scheme)
+        for episode in range(episodes):
+            obs, total = env.reset(), 0.0
+            record = episode == 0
+            if record:
+                steps.append((obs["image"].copy(), zeros, float(obs["reward"]), True))
+            while not obs["is_last"]:
+                action = policy({"image": obs["image"][None], "is_first": [obs["is_first"]]})[0]
+                obs = env.step(action)
+                total += float(obs["reward"])
+                if record:
+                    steps.append((obs["image"].copy(), np.asarray(action, np.float32),
+                                  float(obs["reward"]), bool(obs["is_first"])))
+            returns.append(total)
+    recording = {
+        "image": np.stack([s[0] for s in steps]) if steps else np.zeros((0, 0, 0, 3), np.uint8),
+        "action": np.stack([s[1] for s in steps]) if steps else np.zeros((0, learner.action_dim),
+                                                                         np.float32),
+        "reward": np.asarray([s[2] for s in steps], np.float32),
+        "is_first": np.asarray([s[3] for s in steps], bool)}
+    return returns, recording
+
+
+def random_returns(cfg: Config, episodes: int, seed: int) -> list[float]:
+    """Returns of a uniform-random policy on the run's task (the reference every learning
+    curve is read against; the colour scheme does not change a random policy's returns)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    with make_env(cfg.env, cfg.distraction, seed=seed) as env:
+        shape = env.act_space.shape  # actions in [-1, 1]
+        for _ in range(episodes):
+            obs, total = env.reset(), 0.0
+            while not obs["is_last"]:
+                obs = env.step(rng.uniform(-1.0, 1.0, shape).astype(np.float32))
+                total += float(obs["reward"])
+            out.append(total)
+    return out
+
+
+def ensure_random_reference(cfg: Config, run_dir: Path, episodes: int = 10,
+                            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``random.json`` in the run folder: a uniform-random policy's returns on the task,
+    measured once (a resumed run reuses them)."""
+    path = Path(run_dir) / RANDOM
+    if path.exists():
+        return json.loads(path.read_text())
+    returns = random_returns(cfg, episodes, seed=cfg.train.seed + 30_000)
+    ref = {"task": cfg.env.task, "episodes": episodes, "returns": returns,
+           "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(ref, indent=1) + "\n")
+    if progress:
+        progress(f"random policy on {cfg.env.task}: return {ref['return_mean']:.1f} "
+                 f"+- {ref['return_std']:.1f} over {episodes} episodes")
+    return ref
+
+
+def open_loop_eval(learner: Learner, recording: dict[str, np.ndarray] | None, run_dir: Path,
+                   env_steps: int, title: str) -> dict[str, float | None]:
+    """Open-loop diagnostics of the learner's world model on an eval recording: writes
+    ``openloop/openloop_<env_steps>.png`` in the run folder and returns the eval row's columns
+    ``openl_image_mse`` and ``openl_reward_mae`` (None when the episode was too short)."""
+    report = open_loop_report(learner.wm, recording,
+                              run_dir / "openloop" / f"openloop_{env_steps}.png", title)
+    if report is None:
+        return {"openl_image_mse": None, "openl_reward_mae": None}
+    return {"openl_image_mse": round(report["openl_image_mse"], 6),
+            "openl_reward_mae": round(report["openl_reward_mae"], 6)}
+
+
+def openl_note(row: dict[str, Any]) -> str:
+    """", open-loop image MSE x, reward MAE y" for a progress line (empty without them)."""
+    if row.get("openl_image_mse") is None:
+        return ""
+    return (f", open-loop image MSE {row['openl_image_mse']:.4f} reward MAE "
+            f"{row['openl_reward_mae']:.3f}")
+
+
+class Evaluations:
+    """A run's evaluations, in order: each on a snapshot of the weights when it is due, in an
+    evaluation actor of its own when `remote` (a Ray actor on the learner's node; the learner
+    keeps training meanwhile), else here when it is collected. An evaluation the actor fails
+    twice is done here. The k-th evaluation's episodes are seeded ``train.seed + 10000 + k``."""
+
+    def __init__(self, cfg: Config, action_dim: int, run_dir: Path, *, submitted: int = 0,
+                 remote: bool = False):
+        self.cfg, self.action_dim, self.run_dir = cfg, action_dim, Path(run_dir)
+        self.submitted = submitted  # evaluations handed out so far (a resumed run's included)
+        self.pending: list[tuple[dict, Any]] = []  # (snapshot, the actor's result or None)
+        self.actor = self._start_actor() if remote and cfg.train.eval_episodes else None
+        self._local: Evaluator | None = None
+
+    def _start_actor(self):
+        import ray
+        from ray.util import get_current_placement_group
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # On the learner's node where it fits: it writes open-loop images into the run folder.
+        opts = {"num_cpus": 1, "max_restarts": 2, "max_task_retries": 1, "max_concurrency": 1}
+        if get_current_placement_group() is None:  # in a run's placement group it joins that
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=True)
+        return ray.remote(Evaluator).options(**opts).remote(
+            self.cfg.to_dict(), self.action_dim, str(self.run_dir), 1)
+
+    def submit(self, learner: Learner, *, point: int, env_steps: int,
+               wall_seconds: float) -> None:
+        if not self.cfg.train.eval_episodes:
+            return
+        snapshot = evaluation_snapshot(learner, point=point, env_steps=env_steps,
+                                       scheme=learner.scheme,
+                                       seed=self.cfg.train.seed + 10_000 + self.submitted)
+        snapshot["wall_seconds"] = wall_seconds
+        self.submitted += 1
+        ref = self.actor.evaluate.remote(snapshot) if self.actor is not None else None
+        self.pending.append((snapshot, ref))
+
+    def collect(self, block: bool = False, timeout: float = 1800.0,
+                progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
+        """The finished evaluations' rows, oldest first (`block`: wait for all of them)."""
+        rows = []
+        while self.pending:
+            snapshot, ref = self.pending[0]
+            if ref is None:
+                row = self._here(snapshot)
+            else:
+                import ray
+
+                ready, _ = ray.wait([ref], timeout=timeout if block else 0)
+                if not ready:
+                    break
+                try:
+                    row = ray.get(ref)
+                except Exception as err:  # noqa: BLE001 - the actor died twice: do it here
+                    progress(f"learner: the evaluation actor failed ({type(err).__name__}); "
+                             f"evaluating env step {snapshot['env_steps']} here")
+                    row = self._here(snapshot)
+            self.pending.pop(0)
+            rows.append({**row, "wall_seconds": round(snapshot["wall_seconds"], 3)})
+        return rows
+
+    def _here(self, snapshot: dict) -> dict:
+        if self._local is None:
+            self._local = Evaluator(self.cfg.to_dict(), self.action_dim, self.run_dir)
+        return self._local.evaluate(snapshot)

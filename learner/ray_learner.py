@@ -23,7 +23,7 @@ from typing import Any
 from diswm import telemetry
 from diswm.config import build_config
 from diswm.control import NamespaceHeld, RunControl
-from diswm.supervision import CrashLedger, one_line
+from diswm.supervision import CrashLedger, one_line, ray_node_id
 from replay_service.client import ReplaySpec, connect
 
 log = logging.getLogger(__name__)
@@ -143,12 +143,10 @@ class LearnerActor:
 
     def stats(self) -> dict[str, Any]:
         base = self.service.stats() if self.service is not None else {"updates": None}
-        from actors.ray_actor import _node_id
-
         return {**base, "pid": os.getpid(),
                 "loop_tid": self._thread.native_id if self._thread is not None else None,
                 "metrics_port": self.metrics_port, "running": self.done() is False,
-                "error": self.error, "failed": self.failed, "node": _node_id()}
+                "error": self.error, "failed": self.failed, "node": ray_node_id()}
 
     def progress_lines(self, start: int = 0) -> list[str]:
         return self.lines[start:]

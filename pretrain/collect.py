@@ -27,7 +27,7 @@ from diswm import signals
 from diswm.config import Config, ConfigError, build_config, replace
 from diswm.envs import make_env
 from diswm.rollout import CheckpointPolicy, RandomPolicy, concat_episodes, file_digest, run_episode
-from pretrain.shards import (
+from pretrain.video_shards import (
     FORMAT,
     MANIFEST,
     CorruptShard,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from diswm.rollout import split_episodes
-from pretrain.shards import iter_shards, read_manifest
+from pretrain.video_shards import iter_shards, read_manifest
 
 
 @dataclass

@@ -31,9 +31,8 @@ from __future__ import annotations
 
 from replay_service.prefetch import Prefetcher
 from replay_service.sampler import ReplaySampler
-from replay_service.scripts import _INSERT_LUA, _SAMPLE_LUA
 from replay_service.spec import ReplaySpec, ReplayTimeout, connect, read_meta
 from replay_service.writer import ReplayWriter
 
 __all__ = ["Prefetcher", "ReplaySampler", "ReplaySpec", "ReplayTimeout", "ReplayWriter",
-           "_INSERT_LUA", "_SAMPLE_LUA", "connect", "read_meta"]
+           "connect", "read_meta"]

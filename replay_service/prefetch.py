@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import queue
 import threading
+from typing import Protocol
 
 import numpy as np
 
-from replay_service.sampler import ReplaySampler
-from replay_service.spec import ReplayTimeout
+from replay_service.spec import ReplaySpec, ReplayTimeout
+
+
+class Sampler(Protocol):
+    """What a `Prefetcher` draws from: a `ReplaySampler` (replay_service/sampler.py)."""
+
+    spec: ReplaySpec
+
+    def sample(self, batch_size: int, length: int, timeout: float | None = None
+               ) -> dict[str, np.ndarray]: ...
 
 
 class Prefetcher:
@@ -20,7 +29,7 @@ class Prefetcher:
     `poll` seconds.
     """
 
-    def __init__(self, sampler: ReplaySampler, batch_size: int, length: int, depth: int = 2,
+    def __init__(self, sampler: Sampler, batch_size: int, length: int, depth: int = 2,
                  *, patient: bool = False, poll: float = 0.5):
         self._sampler, self._shape = sampler, (batch_size, length)
         self._ready: queue.Queue = queue.Queue(maxsize=max(depth, 1))

@@ -3,7 +3,7 @@ chunk (validate, rate limiter, store, commit log with the record's block header,
 eviction) and grant a sample (minimum size, rate limiter; the learner's initial updates are not
 charged to the ratio). Keys: see replay_service/client.py."""
 
-_INSERT_LUA = """
+INSERT_LUA = """
 local meta, logkey = KEYS[1], KEYS[2]
 -- Check everything before the first write: Redis does not roll back a script that fails
 -- midway, which would leave a stored chunk that the counters never include.
@@ -69,7 +69,7 @@ return {1, g, size}
 
 # Returns {granted, reason, gseq, evicted, size_steps, size_bytes, raw_bytes}: the counters tell
 # the sampler whether its index is current (no extra round trip when nothing was inserted).
-_SAMPLE_LUA = """
+SAMPLE_LUA = """
 local meta = KEYS[1]
 local m = redis.call('HMGET', meta, 'inserts', 'samples', 'size_steps', 'gseq', 'evicted',
                      'size_bytes', 'raw_bytes')

@@ -56,7 +56,7 @@ class RedisServer:
         with the same config (port, password, AOF) whenever it dies abnormally; with
         `follow_parent` the supervisor also stops it once this process is gone (a run's own
         Redis; not a `cluster up`, which outlives its command). `cluster` starts
-        it as a Redis Cluster node (replay_service/shards.py forms the cluster): its bus on its
+        it as a Redis Cluster node (replay_service/redis_cluster.py forms the cluster): its bus on its
         own free port, its cluster state in ``<dir>/nodes.conf``, serving its slots while
         another node is down."""
         if persistence not in ("aof", "snapshot", "none"):

@@ -13,7 +13,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
 from diswm import rediskit
-from replay_service.shards import shard_tag
+from replay_service.redis_cluster import shard_tag
 
 
 class ReplayTimeout(TimeoutError):
@@ -42,7 +42,7 @@ class ReplaySpec:
     selector: str = "uniform"
     outage_window: float = 120.0  # seconds clients retry while Redis is unreachable
     # > 1: the replay is sharded over a Redis Cluster reached through host:port (and any of
-    # `cluster_nodes`, "host:port" strings, should that one be down); see replay_service/shards.py
+    # `cluster_nodes`, "host:port" strings, should that one be down); see replay_service/redis_cluster.py
     shards: int = 1
     cluster_nodes: tuple[str, ...] = ()
     block_steps: int = 8  # steps per compressed image block (0: whole-chunk records)

@@ -100,15 +100,15 @@ class _Segment:
         self.path, self.size = path, size
 
 
-class _SlotSampler(ReplaySampler):
-    """A worker's sampler: a batch's arrays live in the requested slot's shared memory."""
+class SlotArrays:
+    """A worker's batch arrays (`ReplaySampler`'s `arrays`): each in the shared memory of the
+    slot the owner asked to fill (`slot`), one file per slot and layout."""
 
-    def __init__(self, spec: ReplaySpec, seed: int, cache_chunks: int, stem: str):
-        super().__init__(spec, seed=seed, cache_chunks=cache_chunks)
+    def __init__(self, stem: str):
         self.stem, self.slot, self.made = stem, 0, 0
         self.segments: dict[int, tuple[_Segment, list]] = {}
 
-    def _batch_buffers(self, batch_size, length, schema):
+    def __call__(self, batch_size: int, length: int, schema: Schema) -> dict[str, np.ndarray]:
         fields, size = _layout(batch_size, length, schema)
         have = self.segments.get(self.slot)
         if have is None or have[1] != fields:
@@ -121,7 +121,7 @@ class _SlotSampler(ReplaySampler):
         segment, fields = self.segments[self.slot]
         return _views(segment.map, fields)
 
-    def remove_segments(self) -> None:
+    def remove(self) -> None:
         for segment, _ in self.segments.values():
             segment.path.unlink(missing_ok=True)
 
@@ -135,7 +135,8 @@ def _serve(spec_json: str, seed: int, cache_chunks: int, stem: str, conn, stop) 
     data = json.loads(spec_json)
     data["cluster_nodes"] = tuple(data.get("cluster_nodes", ()))
     try:
-        sampler = _SlotSampler(ReplaySpec(**data), seed, cache_chunks, stem)
+        arrays = SlotArrays(stem)
+        sampler = ReplaySampler(ReplaySpec(**data), seed, cache_chunks, arrays=arrays)
         sampler.client.ping()  # a wrong password or address is said now, not at a sample
     except Exception as err:  # noqa: BLE001 - said to the owner, which raises it
         conn.send_bytes(json.dumps({"error": "failed",
@@ -147,11 +148,11 @@ def _serve(spec_json: str, seed: int, cache_chunks: int, stem: str, conn, stop) 
             if not conn.poll(_POLL):  # (EOFError once the owner closed the pipe)
                 continue
             req = json.loads(conn.recv_bytes())
-            conn.send_bytes(json.dumps(_fill(sampler, req, stop)).encode())
+            conn.send_bytes(json.dumps(_fill(sampler, arrays, req, stop)).encode())
     except (OSError, EOFError, KeyboardInterrupt):
         pass  # the owner closed the pipe: it is closing the pool, or gone
     finally:
-        sampler.remove_segments()
+        arrays.remove()
         sampler.close()
 
 
@@ -165,10 +166,10 @@ class _Stop:
         return self.event.is_set() or os.getppid() != self.owner
 
 
-def _fill(sampler: _SlotSampler, req: dict, stop: _Stop) -> dict:
+def _fill(sampler: ReplaySampler, arrays: SlotArrays, req: dict, stop: _Stop) -> dict:
     """One request: sample into slot `req["slot"]`, waiting up to `req["timeout"]` seconds for
     the rate limiter (in steps of _POLL, so a stop is seen)."""
-    sampler.slot = req["slot"]
+    arrays.slot = req["slot"]
     before, start = sampler.corrupt, time.monotonic()
     deadline = start + req["timeout"]
     while True:
@@ -182,7 +183,7 @@ def _fill(sampler: _SlotSampler, req: dict, stop: _Stop) -> dict:
         except Exception as err:  # noqa: BLE001 - said to the owner, which raises it
             return {"slot": req["slot"], "error": "failed",
                     "message": f"{type(err).__name__}: {err}"}
-    segment, fields = sampler.segments[req["slot"]]
+    segment, fields = arrays.segments[req["slot"]]
     waited = time.monotonic() - start - sampler.last_duration  # the limiter's, every attempt
     return {"slot": req["slot"], "path": str(segment.path), "size": segment.size,
             "fields": fields, "corrupt": sampler.corrupt - before,

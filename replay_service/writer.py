@@ -19,7 +19,7 @@ from diswm import metrics
 from diswm.records import encode
 from replay_service.blocks import encode_chunk
 from replay_service.chunks import Chunk, ChunkBuilder, Schema, describe_schema_change
-from replay_service.scripts import _INSERT_LUA, script_caller
+from replay_service.scripts import INSERT_LUA, script_caller
 from replay_service.spec import ReplaySpec, _Backoff, connect
 
 
@@ -37,7 +37,7 @@ class ReplayWriter:
         self.spec = spec
         self.shard = shard
         self.client = connect(spec)
-        self._insert = script_caller(self.client, _INSERT_LUA, spec.shards > 1)
+        self._insert = script_caller(self.client, INSERT_LUA, spec.shards > 1)
         self._interrupt = interrupt or (lambda: False)
         self._builders: dict[str, ChunkBuilder] = {}
         self._pending: collections.deque[Chunk] = collections.deque()  # closed, not yet stored

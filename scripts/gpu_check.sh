@@ -30,13 +30,13 @@ echo "setup done at $((SECONDS - T0)) s"
 if [ -n "${REPLAY:-}" ]; then
   for w in ${SAMPLE_WORKERS:-0}; do  # replay.sample_workers (0: the bench's default, 4 there)
     t=${SAMPLE_THREADS:-0}  # replay.sample_threads (0: the default, 4 there)
-    timeout 150 python3 -m diswm bench replay --set replay.sample_threads=$t replay.sample_workers=$w \
+    timeout 150 python3 -m ops bench replay --set replay.sample_threads=$t replay.sample_workers=$w \
       --json "$OUT/replay-16cores-t$t-w$w.json" >"$OUT/replay-t$t-w$w.log" 2>&1
     echo "replay (sample_threads=$t, sample_workers=$w) rc=$? at $((SECONDS - T0)) s"
     tail -9 "$OUT/replay-t$t-w$w.log"
   done
   if [ -z "${NO_SHARDS:-}" ]; then
-    timeout 100 python3 -m diswm bench replay --shards 1 2 3 --writers ${WRITERS:-4} \
+    timeout 100 python3 -m ops bench replay --shards 1 2 3 --writers ${WRITERS:-4} \
       --json "$OUT/replay-shards-16cores.json" >"$OUT/shards.log" 2>&1
     echo "shards rc=$? at $((SECONDS - T0)) s"; tail -12 "$OUT/shards.log"
   fi
@@ -51,7 +51,7 @@ fi
 
 # 2. The learner bench.
 if [ -z "${NO_BENCH:-}" ]; then
-  timeout "${BENCH_S:-200}" python3 -m diswm bench learner --sizes ${SIZES:-defaults debug} \
+  timeout "${BENCH_S:-200}" python3 -m ops bench learner --sizes ${SIZES:-defaults debug} \
     --modes ${MODES:-eager bf16 bf16_compile bf16_cudagraphs fp16} --rounds 2 --updates 5 \
     --json "$OUT/learner-h100.json" >"$OUT/bench.log" 2>&1
   echo "bench rc=$? at $((SECONDS - T0)) s"; tail -25 "$OUT/bench.log"
@@ -64,7 +64,7 @@ if [ -n "${NO_DIST:-}" ]; then ls -la "$OUT"; exit 0; fi
 T=$(( $(left) - 25 ))
 echo "distributed run for $T s"
 RUN=/tmp/gpu-dist
-timeout -s INT -k 20 "$T" python3 -m diswm run --config finger_spin_to_cartpole_swingup dreamerv2 \
+timeout -s INT -k 20 "$T" python3 -m ops run --config finger_spin_to_cartpole_swingup dreamerv2 \
   --set distraction.enabled=false train.device=cuda train.precision=bf16 train.compile=${COMPILE:-true} \
         runtime.actors=8 train.eval_every=${EVAL_EVERY:-4000} train.eval_episodes=4 train.steps=200000 \
         replay.sample_workers=${DIST_WORKERS:-0} \

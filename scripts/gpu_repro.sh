@@ -41,13 +41,13 @@ RUNS=/tmp/gpu-repro
 T=$(( $(left) - 120 ))  # the stop (up to 90 s before a kill), the report and the copies
 echo "reproduction for $T s: ${TASKS:-dmc:cartpole_swingup dmc:cheetah_run}"
 # shellcheck disable=SC2086
-timeout -s TERM -k 90 "$T" $PY -m diswm experiment reproduce \
+timeout -s TERM -k 90 "$T" $PY -m ops experiment reproduce \
   --tasks ${TASKS:-dmc:cartpole_swingup dmc:cheetah_run} --seeds "${SEEDS:-1}" --parallel 2 \
   "${SIZE[@]}" --out "$RUNS" --set "${SET[@]}" ${EXTRA:-} >"$OUT/repro.log" 2>&1
 echo "reproduce rc=$? at $((SECONDS - T0)) s (124 or 143: stopped at the time limit; 137: killed
   90 s after that, its files up to the last evaluation kept)"
 grep -E "eval at|done in|error" "$OUT/repro.log" | tail -20
-$PY -m diswm report "$RUNS/runs" --out "$OUT/report" --published dreamerv2 dreamerv3 \
+$PY -m ops report "$RUNS/runs" --out "$OUT/report" --published dreamerv2 dreamerv3 \
   >"$OUT/report.log" 2>&1
 echo "report rc=$?"; cat "$OUT/report/results.md" 2>/dev/null
 for run in "$RUNS"/runs/*/; do

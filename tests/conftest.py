@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from diswm.config import Config, load_config
+from diswm.config import Config
+from diswm.presets import load_config
 from replay_service.server import RedisServer
 
 

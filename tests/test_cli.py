@@ -11,7 +11,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from diswm.cli import main
+from ops.cli import main
 
 
 def test_envs_list(capsys):
@@ -134,7 +134,7 @@ def test_bench_learner_with_a_teacher_times_stored_latents(tmp_path, capsys):
 
 
 def test_host_memory_ab_runs_both_settings_in_fresh_processes():
-    from diswm.bench.learner import host_memory_reuse_ab
+    from ops.bench.learner import host_memory_reuse_ab
 
     ab = host_memory_reuse_ab("debug", "eager", presets=["tiny"], updates=1, rounds=2,
                               progress=None)
@@ -144,12 +144,12 @@ def test_host_memory_ab_runs_both_settings_in_fresh_processes():
     # Each child reports its own peak (VmHWM), not the parent's (ru_maxrss survives exec).
     assert 0 < max(ab["process_peak_rss_bytes"].values()) < 4 * 2**30
     with pytest.raises(ValueError, match="host_memory"):
-        from diswm.bench.learner import bench_learner
+        from ops.bench.learner import bench_learner
         bench_learner(host_memory="jemalloc")
 
 
 def test_format_rate_is_readable_at_any_speed():
-    from diswm.bench.common import format_rate
+    from ops.bench.common import format_rate
 
     assert format_rate(412.3) == "412/s"
     assert format_rate(3.414) == "3.41/s"

@@ -5,19 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 import yaml
 
-from diswm.cli import main
-from diswm.config import (
-    Config,
-    ConfigError,
-    build_config,
-    load_config,
-    preset_names,
-    read_presets,
-    replace,
-    resolve_layers,
-)
+from diswm.config import Config, ConfigError, TrainConfig, build_config, replace
+from diswm.presets import load_config, preset_names, read_presets, resolve_layers
+from ops.cli import main
 
 TRANSFER_PRESETS = {
     "cheetah_run_to_walker_walk": ("dmc:cheetah_run", "dmc:walker_walk"),
@@ -313,3 +306,20 @@ def test_repro_cpu_cuts_sizes_only():
                        "model.hidden", "model.units", "train.steps", "train.eval_every",
                        "train.eval_episodes", "train.checkpoint_every", "train.compile",
                        "replay.capacity", "runtime.actors"}
+
+
+def test_a_saved_config_loads_on_a_machine_that_could_not_run_it(tmp_path):
+    """A run folder's config.yaml reads the same everywhere: a config saved on a CUDA host
+    (or one with more memory) loads here; starting a run from it is what gets refused."""
+    saved = tmp_path / "config.yaml"
+    Config(train=TrainConfig(device="cuda")).save(saved)
+    cfg = Config.load(saved)
+    assert cfg.train.device == "cuda"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"train\.device='cuda'"):
+            load_config([str(saved)])
+    huge = replace(Config(), runtime={"actors": 2000, "envs_per_actor": 64})  # ~10 TB of envs
+    huge.save(saved)
+    assert Config.load(saved).runtime.actors == 2000
+    with pytest.raises(ConfigError, match=r"runtime\.actors"):
+        load_config([str(saved)])

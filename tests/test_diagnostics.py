@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from diswm.cli import main
-from diswm.config import load_config
 from diswm.diagnostics import cut_windows
 from diswm.models import RSSM, WorldModel
 from diswm.models.nets import preprocess_image
 from diswm.models.openloop import open_loop
+from diswm.presets import load_config
 from learner.serial import SerialRunner
+from ops.cli import main
 
 A, B, T, C = 3, 2, 9, 4
 

@@ -7,9 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from diswm.config import ConfigError, load_config
+from diswm.config import ConfigError
 from diswm.envs import PAPER_TASKS, list_tasks, make_env, validate_task_id
 from diswm.envs.distraction import SCHEMES, scheme_box
+from diswm.presets import load_config
 
 
 @pytest.fixture(scope="module")

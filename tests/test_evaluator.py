@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_learner import make_batch
 
-from diswm.config import load_config
+from diswm.presets import load_config
 from learner import Learner
 from learner.evaluator import Evaluator, evaluation_snapshot
 
@@ -47,12 +47,13 @@ def test_the_learner_trains_while_its_evaluation_actor_evaluates(tmp_path):
         with RedisServer(tmp_path / "redis", persistence="none") as server:
             spec = ReplaySpec.from_config(cfg, port=server.port, password=server.password)
             service = LearnerService(cfg, spec, tmp_path / "run", A, progress=lambda m: None)
-            assert service._evaluator is not None
+            assert service.loop.evaluations.actor is not None
             batch = make_batch(cfg)
             service.learner.update(batch, agent_step=0)
             service.evaluate(env_steps=104, point=100)  # handed over, not waited for
-            snapshot = service._pending[0][0]
-            assert len(service._pending) == 1 and not (tmp_path / "run" / "eval.csv").exists()
+            pending = service.loop.evaluations.pending
+            snapshot = pending[0][0]
+            assert len(pending) == 1 and not (tmp_path / "run" / "eval.csv").exists()
             for _ in range(3):  # training goes on meanwhile
                 service.learner.update(batch, agent_step=0)
             service.evaluate(env_steps=201, point=200)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from diswm.config import load_config
-from diswm.report import aggregate, load_run, report
-from diswm.runtime.experiment import BUDGETS, METHODS, TRANSFERS
+from diswm.presets import load_config
+from ops.report import aggregate, load_run, report
+from ops.runtime.experiment import BUDGETS, METHODS, TRANSFERS
 
 
 def fake_run(root, name, task, method, seed, transfer, returns, every=100, jitter=0):
@@ -128,7 +128,7 @@ def test_every_transfer_resolves_for_every_budget_and_method(transfer):
 
 def test_bad_experiment_arguments_are_named(tmp_path):
     from diswm.config import ConfigError
-    from diswm.runtime.experiment import run_experiment
+    from ops.runtime.experiment import run_experiment
 
     with pytest.raises(ConfigError, match="unknown transfer 'nope'"):
         run_experiment("nope", out=tmp_path)
@@ -140,7 +140,7 @@ def test_bad_experiment_arguments_are_named(tmp_path):
 
 def test_tiny_experiment_end_to_end(tmp_path):
     """Collect, pretrain, DisWM and DreamerV2 on the distributed runtime, and the report."""
-    from diswm.runtime.experiment import run_experiment
+    from ops.runtime.experiment import run_experiment
 
     summary = run_experiment(
         "cheetah_run_to_walker_walk", methods=["diswm", "dreamerv2"], seeds=1, budget="cpu",
@@ -175,7 +175,7 @@ def test_concurrent_runs_share_one_cluster_and_redis_without_seeing_each_other(t
     """--parallel 2: both seeds run at once on one Ray and one Redis, each in its own namespace
     and placement group; afterwards each namespace holds exactly its own run's steps."""
     from diswm.control import RunControl
-    from diswm.runtime.experiment import run_experiment
+    from ops.runtime.experiment import run_experiment
     from replay_service.client import ReplaySpec, read_meta
     from replay_service.server import RedisServer
 
@@ -211,7 +211,7 @@ def test_concurrent_runs_share_one_cluster_and_redis_without_seeing_each_other(t
 def test_experiment_all_plans_the_whole_table(tmp_path):
     """`diswm experiment all`: every transfer of the paper's table, each in its own folder,
     every run with its own namespace, the right task and seed."""
-    from diswm.runtime.experiment import plan_runs
+    from ops.runtime.experiment import plan_runs
 
     runs, todo = plan_runs("all", methods=["dreamerv2"], seeds=2, budget="cpu",
                            out=tmp_path, progress=lambda m: None)
@@ -230,7 +230,7 @@ def test_a_failing_run_is_retried_then_named_and_the_others_are_reported(tmp_pat
     """One of two concurrent runs cannot start (a corrupt checkpoint in its folder): it is
     retried once, then the experiment fails naming it, with the other run done and reported."""
     from diswm.control import RunFailed
-    from diswm.runtime.experiment import run_experiment
+    from ops.runtime.experiment import run_experiment
 
     bad = tmp_path / "exp" / "runs" / "dreamerv2-seed1" / "checkpoints"
     bad.mkdir(parents=True)
@@ -268,7 +268,7 @@ def test_report_puts_the_published_seeds_beside_ours_at_the_same_env_steps(tmp_p
 
 def test_reproduce_plans_single_task_runs_without_a_teacher(tmp_path):
     from diswm.config import ConfigError
-    from diswm.runtime.experiment import plan_reproduction
+    from ops.runtime.experiment import plan_reproduction
 
     runs, todo = plan_reproduction(["dmc:cheetah_run", "dmc:cartpole_swingup"],
                                    methods=["dreamerv2_repro"], seeds=2, budget="cpu",
@@ -293,7 +293,7 @@ def test_reproduce_plans_single_task_runs_without_a_teacher(tmp_path):
 
 
 def test_progress_line_says_when_the_learner_trains_its_owed_updates():
-    from learner.service import progress_line
+    from learner.loop import progress_line
 
     metrics = {"model_loss": 12.5, "eta": 0.05}
     line = progress_line(8000, 4000, 300, 500, (0.0, 2000, 100), (60.0, 4000, 300), metrics)

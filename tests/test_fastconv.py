@@ -12,9 +12,9 @@ import pytest
 import torch
 from test_learner import A, make_batch
 
-from diswm.config import load_config
 from diswm.models import fastconv
 from diswm.models.nets import BetaVAEEncoder, ConvDecoder, ConvEncoder, ImageDecoder
+from diswm.presets import load_config
 from learner import Learner
 
 # (transposed, in channels, out channels, kernel, stride, padding, input size): every conv of

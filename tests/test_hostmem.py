@@ -24,7 +24,7 @@ PAGES = (100 << 20) // 4096
 SCRIPT = """
 import resource, sys
 import torch
-from diswm.config import load_config
+from diswm.presets import load_config
 from learner import Learner
 
 how = sys.argv[1]

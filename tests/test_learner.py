@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from diswm.config import load_config
 from diswm.models import VideoModel, combine
 from diswm.models.nets import preprocess_image
+from diswm.presets import load_config
 from learner import Learner
 
 A = 6

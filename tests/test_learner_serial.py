@@ -8,8 +8,9 @@ import json
 import numpy as np
 import torch
 
-from diswm.config import Config, load_config
+from diswm.config import Config
 from diswm.models import VideoModel
+from diswm.presets import load_config
 from learner.serial import SerialRunner
 
 

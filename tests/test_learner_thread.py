@@ -10,7 +10,7 @@ import threading
 
 from test_learner import A, make_batch
 
-from diswm.config import load_config
+from diswm.presets import load_config
 from learner import Learner
 from replay_service.client import ReplaySpec
 from replay_service.server import RedisServer

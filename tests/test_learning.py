@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from diswm.config import load_config
+from diswm.presets import load_config
 from learner.serial import SerialRunner
 
 

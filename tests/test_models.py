@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import distributions as D
 
-from diswm.config import ConfigError, load_config
+from diswm.config import ConfigError
 from diswm.models import (
     RSSM,
     ActorCritic,
@@ -32,6 +32,7 @@ from diswm.models.dists import (
     unit_normal_nll,
 )
 from diswm.models.nets import preprocess_image
+from diswm.presets import load_config
 
 A = 6  # action dims (cheetah)
 

@@ -15,8 +15,8 @@ from prometheus_client import REGISTRY
 from support import poll_until
 
 from diswm.broadcast import BadWeights, WeightStore, decode_weights, encode_weights
-from diswm.config import load_config
 from diswm.control import ControlValueError, RunControl
+from diswm.presets import load_config
 from replay_service.client import ReplaySpec, read_meta
 from replay_service.server import RedisServer
 
@@ -160,8 +160,8 @@ def test_a_corrupt_counter_stops_after_bounded_restarts_and_is_surfaced(tmp_path
     stops after `runtime.max_crash_restarts` crashes of that cause and the status names the key."""
     import uuid
 
-    from diswm.runtime.cluster import Cluster, action_dim_of
     from diswm.supervision import CrashLedger
+    from ops.runtime.cluster import Cluster, action_dim_of
 
     ns = f"crash-{uuid.uuid4().hex[:6]}"
     cfg = load_config(["tiny"], ["runtime.actors=1", "runtime.max_crash_restarts=2",
@@ -223,7 +223,7 @@ def _bad_checkpoints(tmp_path):
 
 @pytest.mark.parametrize("command", ["inspect", "pretrain-inspect", "train-teacher"])
 def test_bad_checkpoints_give_one_line_errors_without_unsafe_advice(tmp_path, capsys, command):
-    from diswm.cli import main
+    from ops.cli import main
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -316,7 +316,7 @@ def test_commands_on_folders_that_are_not_runs_say_so_in_one_line(tmp_path, caps
     """`monitor` on a folder that is not a run created it and started Prometheus; `report` on
     a folder given but holding no run said "no run folders given"; the cluster commands without
     a cluster state printed a FileNotFoundError traceback and exited 0."""
-    from diswm.cli import main
+    from ops.cli import main
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -536,7 +536,7 @@ def test_alert_rules_fire_on_their_failures_and_not_on_a_healthy_run(tmp_path):
     import subprocess
     from pathlib import Path
 
-    from diswm.runtime.monitor import prometheus_config
+    from ops.runtime.monitor import prometheus_config
 
     promtool = shutil.which("promtool")
     assert promtool, "promtool not found: `make prometheus` installs Debian's prometheus"

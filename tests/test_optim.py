@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from diswm.config import load_config
 from diswm.models.optim import Adam, keras_eps
+from diswm.presets import load_config
 
 
 def tf_adam_reference(theta0, grads, lr, eps, wd, beta1=0.9, beta2=0.999):

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from diswm.agent import Policy
-from diswm.config import load_config, replace
+from diswm.config import replace
 from diswm.models import RSSM
+from diswm.presets import load_config
 from learner import Learner
 
 A, N = 6, 3

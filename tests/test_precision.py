@@ -16,7 +16,6 @@ from test_learner import A, make_batch
 
 import diswm.models.losses as losses_mod
 import diswm.models.rssm as rssm_mod
-from diswm.config import load_config
 from diswm.models import ActorCritic, WorldModel, frozen
 from diswm.models.dists import TruncNormal, image_nll, unit_normal_nll
 from diswm.models.precision import (
@@ -25,6 +24,7 @@ from diswm.models.precision import (
     native_bf16,
     resolve_precision,
 )
+from diswm.presets import load_config
 from learner import Learner
 
 bf16_native, _ = native_bf16(torch.device("cpu"))

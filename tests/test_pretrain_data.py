@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diswm.cli import main
 from diswm.config import replace
 from diswm.envs import make_env
 from diswm.rollout import RandomPolicy, concat_episodes, run_episode, split_episodes
+from ops.cli import main
 from pretrain.collect import collect
 from pretrain.dataset import VideoDataset
-from pretrain.shards import (
+from pretrain.video_shards import (
     MANIFEST,
     CorruptShard,
     ManifestError,
@@ -127,7 +127,7 @@ def test_killed_collection_resumed_on_ray_equals_uninterrupted(tmp_path, tiny_cf
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "diswm.cli", "pretrain", "collect", "--config", "tiny",
+        [sys.executable, "-m", "ops.cli", "pretrain", "collect", "--config", "tiny",
          "--frames", str(frames), "--out", str(out), "--workers", "0"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 90

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from diswm.cli import main
 from diswm.config import replace
 from diswm.models.video import load_pretrained, make_teacher
 from learner.learner import Learner
+from ops.cli import main
 from pretrain.collect import collect
-from pretrain.inspection import inspect_checkpoint
+from pretrain.teacher_inspection import inspect_checkpoint
 from pretrain.trainer import CHECKPOINT, PretrainRunner
 
 

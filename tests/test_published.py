@@ -100,7 +100,7 @@ def test_the_script_bins_dreamerv3_episodes_as_danijars_bin_scores(tmp_path):
 
 
 def test_the_end_of_a_run_names_dreamerv2s_published_return_at_its_env_step():
-    from diswm.runtime.job import published_note
+    from ops.runtime.job import published_note
 
     note = published_note("dmc:cheetah_run", 30_000)
     assert note == (", DreamerV2 published at 30000 env steps 181 [118–260] (5 seeds, clean DMC, "
@@ -110,7 +110,7 @@ def test_the_end_of_a_run_names_dreamerv2s_published_return_at_its_env_step():
 
 
 def test_the_end_of_a_run_gives_its_own_training_episodes_beside_them(tmp_path):
-    from diswm.runtime.job import training_note
+    from ops.runtime.job import training_note
 
     assert training_note(tmp_path, 4000) == ""  # a run without episodes.csv
     rows = [(2000, 5.0), (30000, 100.0), (31000, 150.0), (32100, 170.0)]

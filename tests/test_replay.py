@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from diswm.config import load_config
+from diswm.presets import load_config
 from diswm.records import CorruptRecord, decode, encode
 from replay_service.buffer import SequenceBuffer
 from replay_service.chunks import ChunkBuilder
@@ -486,7 +486,7 @@ def test_password_and_loopback(server):
 
 
 def test_spec_from_config():
-    from diswm.config import load_config
+    from diswm.presets import load_config
 
     cfg = load_config(["debug"])
     spec = ReplaySpec.from_config(cfg, port=1, password="p")

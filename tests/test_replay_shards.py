@@ -20,7 +20,7 @@ from test_replay import check_batch, episodes
 
 from replay_service.check import check_replay
 from replay_service.client import ReplaySampler, ReplaySpec, ReplayTimeout, ReplayWriter, read_meta
-from replay_service.shards import LocalRedisCluster, placement, shard_tag, slot_range
+from replay_service.redis_cluster import LocalRedisCluster, placement, shard_tag, slot_range
 
 SHARDS = 3
 
@@ -176,7 +176,7 @@ def test_a_killed_shard_loses_nothing_committed_and_the_others_keep_serving(clus
     before = [read_meta(sampler.client, spec, k) for k in range(SHARDS)]
     victim = cluster.nodes[1]
     held = ReplayWriter(spec, shard=1)  # writes to the shard that will die
-    caplog.set_level(logging.WARNING, logger="replay_service.sampler")
+    caplog.set_level(logging.WARNING, logger="replay_service")
     victim.kill()  # SIGKILL: no shutdown save; the AOF (fsync always) is all it keeps
     try:
         streams = set()
@@ -264,7 +264,8 @@ def test_cluster_needs_the_password(cluster):
 
 
 def test_shards_config(tmp_path):
-    from diswm.config import ConfigError, load_config
+    from diswm.config import ConfigError
+    from diswm.presets import load_config
 
     cfg = load_config(["debug"], ["replay.shards=3"])
     assert ReplaySpec.from_config(cfg, port=1, password="p").shards == 3
@@ -273,7 +274,7 @@ def test_shards_config(tmp_path):
 
 
 def test_bench_shards_refuses_bad_counts(capsys):
-    from diswm.cli import main
+    from ops.cli import main
 
     assert main(["bench", "replay", "--shards", "0", "2"]) == 2
     assert capsys.readouterr().err.strip() == (
@@ -365,7 +366,7 @@ def _alive(pid: int) -> bool:
 def test_unfed_shards_are_named():
     """Actor i writes shard i mod N, so with fewer actors than shards (or after scaling leaves
     gaps in the indices) some shards get no writer; the runtime says which, in one line."""
-    from replay_service.shards import unfed_shards, unfed_shards_note
+    from replay_service.redis_cluster import unfed_shards, unfed_shards_note
 
     assert unfed_shards([0, 1], 3) == [2]
     assert unfed_shards([0, 1, 2, 3], 3) == []

@@ -147,7 +147,8 @@ def test_slot_files_are_private(server):
 
 
 def test_a_config_can_ask_for_sampler_processes():
-    from diswm.config import ConfigError, load_config
+    from diswm.config import ConfigError
+    from diswm.presets import load_config
 
     assert load_config(overrides=["replay.sample_workers=3"]).replay.sample_workers == 3
     with pytest.raises(ConfigError, match="replay.sample_workers"):

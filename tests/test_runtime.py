@@ -17,10 +17,10 @@ import ray
 from support import wait_for
 
 from diswm.broadcast import WeightStore
-from diswm.config import load_config
 from diswm.control import RunControl
-from diswm.runtime.cluster import Cluster, action_dim_of
-from diswm.runtime.monitor import query, start_prometheus, wait_ready
+from diswm.presets import load_config
+from ops.runtime.cluster import Cluster, action_dim_of
+from ops.runtime.monitor import query, start_prometheus, wait_ready
 from replay_service.client import ReplaySpec, read_meta
 from replay_service.server import RedisServer, free_port
 
@@ -145,7 +145,7 @@ def test_the_redis_password_is_in_no_config_state_or_checkpoint(cluster):
 
 def test_replay_check_on_a_live_cluster(cluster, capsys):
     """`diswm replay check RUN` while actors insert and the learner samples: consistent."""
-    from diswm.cli import main
+    from ops.cli import main
 
     assert main(["replay", "check", str(cluster.run_dir)]) == 0
     out = capsys.readouterr().out
@@ -182,7 +182,7 @@ def test_scheme_switches_at_the_midpoint_for_every_env(cluster):
 
 
 def test_restarted_learner_resumes_from_its_checkpoint(cluster):
-    from learner.serial import CHECKPOINT
+    from diswm.runfolder import CHECKPOINT
 
     ckpt = cluster.run_dir / CHECKPOINT
     wait_for("a learner checkpoint", ckpt.exists)

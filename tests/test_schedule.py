@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diswm.config import load_config
+from diswm.presets import load_config
 from learner.schedule import RunSchedule, legacy_schedule
 
 

@@ -18,8 +18,8 @@ from diswm.agent.teacher import (
     publish_teacher,
     stores_teacher_latents,
 )
-from diswm.config import load_config
 from diswm.models import VideoModel
+from diswm.presets import load_config
 from learner import Learner
 from replay_service.client import ReplaySampler, ReplaySpec
 from tests.test_learner import make_batch

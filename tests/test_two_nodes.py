@@ -21,8 +21,8 @@ import pytest
 import torch
 from support import wait_for as poll
 
-from diswm.config import load_config
 from diswm.models import VideoModel
+from diswm.presets import load_config
 from replay_service.client import ReplaySpec, read_meta
 from replay_service.server import RedisServer, free_port
 

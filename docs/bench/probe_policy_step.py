@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from diswm.agent import Policy
-from diswm.config import load_config
+from diswm.presets import load_config
 
 CASES = (("debug",), ("cpu", "dreamerv2"), ("defaults",), ("dreamerv2",))
 

@@ -5,8 +5,8 @@
 # IDLE is the experiment's manipulation (the pool left idle before its round), not a wait.
 import os, sys, time, tempfile
 os.environ.setdefault("MUJOCO_GL", "egl")
-from diswm.config import load_config
-from diswm.bench.replay import _frames, _stream_feeder
+from diswm.presets import load_config
+from ops.bench.replay import _frames, _stream_feeder
 from diswm.hostmem import reuse_freed_memory
 from replay_service.client import ReplaySampler, ReplaySpec, ReplayWriter
 from replay_service.server import RedisServer

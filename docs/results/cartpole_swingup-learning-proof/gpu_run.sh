@@ -38,7 +38,7 @@ smoke() {
   $PY - <<'EOF'
 import sys, numpy as np
 sys.modules["ray"] = None  # the device has no Ray; the serial runner must not need it
-from diswm.config import load_config
+from diswm.presets import load_config
 from diswm.envs import make_env
 cfg = load_config(["finger_spin_to_cartpole_swingup", "dreamerv2"], ["distraction.enabled=false"])
 with make_env(cfg.env, cfg.distraction, seed=0) as env:
@@ -52,7 +52,7 @@ if ! smoke 2>"$RUNS/smoke.err"; then
   export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
   if ! smoke 2>>"$RUNS/smoke.err"; then
     echo "no rendering here: measuring the learner instead"; tail -5 "$RUNS/smoke.err"
-    timeout 400 $PY -m diswm bench learner --sizes defaults --modes eager bf16_compile \
+    timeout 400 $PY -m ops bench learner --sizes defaults --modes eager bf16_compile \
       --rounds 2 --updates 5 --json "$OUT/learner-bench.json" 2>&1 | tail -20
     tar -czf "$OUT/gpu-runs.tar.gz" -C /tmp gpu-runs
     exit 4
@@ -64,7 +64,7 @@ fi
 MON=$!
 for s in $SEEDS; do
   # shellcheck disable=SC2086
-  timeout -s INT "$DUR" $PY -m diswm train --serial \
+  timeout -s INT "$DUR" $PY -m ops train --serial \
     --config $PRESETS \
     --set distraction.enabled=false train.seed="$s" train.device="$DEVICE" \
           train.precision=fp32 train.eval_every=4000 train.eval_episodes=4 $EXTRA \

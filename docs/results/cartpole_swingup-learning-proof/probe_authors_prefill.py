@@ -19,7 +19,7 @@ tb = types.ModuleType("torch.utils.tensorboard"); tb.SummaryWriter = object
 sys.modules["torch.utils.tensorboard"] = tb
 sys.path.insert(0, AUTH)
 import models, tools  # noqa: E402
-from diswm.config import load_config  # noqa: E402
+from diswm.presets import load_config  # noqa: E402
 from diswm.envs import make_env  # noqa: E402
 from diswm.rollout import RandomPolicy  # noqa: E402
 

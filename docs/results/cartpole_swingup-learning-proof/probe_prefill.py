@@ -12,7 +12,7 @@ import torch
 
 torch.set_num_threads(1)
 import diswm.models.behaviour as B
-from diswm.config import load_config
+from diswm.presets import load_config
 from diswm.envs import make_env
 from diswm.rollout import RandomPolicy
 from learner.learner import Learner

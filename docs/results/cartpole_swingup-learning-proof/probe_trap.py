@@ -10,8 +10,8 @@ cannot predict from those frames).
 
 import numpy as np
 
-from diswm.config import load_config
 from diswm.envs import make_env
+from diswm.presets import load_config
 
 cfg = load_config(["finger_spin_to_cartpole_swingup", "dreamerv2"], ["distraction.enabled=false"])
 for action in (-1.0, 1.0, 0.0):

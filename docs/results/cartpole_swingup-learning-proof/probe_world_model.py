@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 torch.set_num_threads(int(os.environ.get("THREADS", "1")))
-from diswm.config import load_config
+from diswm.presets import load_config
 from diswm.envs import make_env
 from diswm.models.nets import preprocess_image
 from diswm.models.rssm import RSSM

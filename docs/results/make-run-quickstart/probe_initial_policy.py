@@ -10,9 +10,9 @@ import sys
 
 import numpy as np
 
-from diswm.config import load_config
+from diswm.presets import load_config
 from learner.learner import Learner
-from learner.serial import evaluate
+from learner.evaluator import evaluate
 
 out = {}
 for seed in range(5):

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from diswm.agent import Policy
-from diswm.bench.common import write_report
 from diswm.broadcast import WeightStore
 from diswm.config import Config, replace
 from diswm.control import RunControl
 from diswm.envs import make_env
+from ops.bench.common import write_report
 
 
 def _plain_loop(cfg: Config, weights, seconds: float, *, compile_policy: bool) -> dict:
@@ -92,8 +92,8 @@ def bench_actors(cfg: Config, *, seconds: float = 20.0, warmup: float = 8.0, jso
                  progress=print) -> dict[str, Any]:
     import ray
 
-    from diswm.runtime.cluster import Cluster
     from learner.learner import Learner
+    from ops.runtime.cluster import Cluster
 
     cfg = replace(cfg, train={"prefill": 0, "steps": 10**12},  # no budget to run out of
                   replay={"rate_limit": False,

@@ -25,7 +25,7 @@ def _stamp_dir(cfg, run_dir: str | None) -> Path:
 
 
 def cmd_run(args: argparse.Namespace, cfg) -> int:
-    from diswm.runtime.job import run_job
+    from ops.runtime.job import run_job
 
     run_job(cfg, _stamp_dir(cfg, args.run_dir), teacher=args.teacher,
             skip_pretrain=args.skip_pretrain, progress=_err)
@@ -35,7 +35,7 @@ def cmd_run(args: argparse.Namespace, cfg) -> int:
 def cmd_cluster_up(args: argparse.Namespace, cfg) -> int:
     from diswm import signals
     from diswm.config import replace
-    from diswm.runtime.cluster import STATE_FILE, Cluster, action_dim_of
+    from ops.runtime.cluster import STATE_FILE, Cluster, action_dim_of
 
     run_dir = Path(args.run_dir)
     if (run_dir / STATE_FILE).exists() and not args.force:
@@ -76,7 +76,7 @@ def cmd_cluster_up(args: argparse.Namespace, cfg) -> int:
 
 def _note_unfed_shards(actor_names: list[str], shards: int) -> None:
     """One line when some replay shards get no writer (actor i writes shard i mod shards)."""
-    from replay_service.shards import unfed_shards_note
+    from replay_service.redis_cluster import unfed_shards_note
 
     note = unfed_shards_note([int(name.rsplit("-", 1)[1]) for name in actor_names], shards)
     if note:
@@ -84,7 +84,7 @@ def _note_unfed_shards(actor_names: list[str], shards: int) -> None:
 
 
 def cmd_cluster_scale(args: argparse.Namespace, cfg) -> int:
-    from diswm.runtime.cluster import Cluster
+    from ops.runtime.cluster import Cluster
 
     cluster = Cluster.attach(args.run_dir)
     names = cluster.scale(args.actors)
@@ -94,7 +94,7 @@ def cmd_cluster_scale(args: argparse.Namespace, cfg) -> int:
 
 
 def cmd_cluster_status(args: argparse.Namespace, cfg) -> int:
-    from diswm.runtime.cluster import Cluster
+    from ops.runtime.cluster import Cluster
 
     cluster = Cluster.attach(args.run_dir)
     status = cluster.status()
@@ -121,7 +121,7 @@ def cmd_cluster_status(args: argparse.Namespace, cfg) -> int:
 
 
 def cmd_cluster_down(args: argparse.Namespace, cfg) -> int:
-    from diswm.runtime.cluster import STATE_FILE, Cluster
+    from ops.runtime.cluster import STATE_FILE, Cluster
 
     cluster = Cluster.attach(args.run_dir)
     summary = cluster.shutdown(stop_ray=True)
@@ -137,7 +137,8 @@ def cmd_replay_check(args: argparse.Namespace, cfg) -> int:
     import redis
 
     from diswm.config import build_config
-    from diswm.runtime.cluster import STATE_FILE, stored_password
+    from ops.runtime.cluster import STATE_FILE
+    from ops.runtime.redis_process import stored_password
     from replay_service.check import check_replay
     from replay_service.spec import ReplaySpec, connect
 
@@ -172,7 +173,7 @@ def cmd_replay_check(args: argparse.Namespace, cfg) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace, cfg) -> int:
-    from diswm.runtime.monitor import start_prometheus, wait_ready
+    from ops.runtime.monitor import start_prometheus, wait_ready
 
     run = Path(args.run_dir)
     if not (run / "config.yaml").is_file():
@@ -193,7 +194,7 @@ def cmd_monitor(args: argparse.Namespace, cfg) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace, cfg) -> int:
-    from diswm.runtime.experiment import METHODS, REPRO_TASKS, REPRODUCE, run_experiment
+    from ops.runtime.experiment import METHODS, REPRO_TASKS, REPRODUCE, run_experiment
 
     if args.tasks and args.transfer != REPRODUCE:
         raise ValueError(f"--tasks is for `diswm experiment {REPRODUCE}`; a transfer "
@@ -220,7 +221,7 @@ def cmd_experiment(args: argparse.Namespace, cfg) -> int:
 
 
 def cmd_report(args: argparse.Namespace, cfg) -> int:
-    from diswm.report import report
+    from ops.report import report
 
     runs = [Path(r) for r in args.runs]
     expanded = []

@@ -1,4 +1,4 @@
-"""`diswm pretrain ...` subcommands (registered by diswm/cli.py):
+"""`diswm pretrain ...` subcommands (registered by ops/cli.py):
 
     diswm pretrain collect --task dmc:cheetah_run --frames 100000 --out data/cheetah [--workers 4]
                            [--policy LEARNER_CKPT] [--scheme A|B]
@@ -22,7 +22,7 @@ def _log(msg: str) -> None:
 
 
 def _cfg(args: argparse.Namespace):
-    from diswm.config import load_config
+    from diswm.presets import load_config
 
     return load_config(args.config, args.overrides)
 
@@ -51,7 +51,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from pretrain.shards import read_manifest, verify
+    from pretrain.video_shards import read_manifest, verify
 
     manifest = read_manifest(args.data)
     problems = verify(args.data)
@@ -85,7 +85,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from pretrain.inspection import inspect_checkpoint
+    from pretrain.teacher_inspection import inspect_checkpoint
 
     report = inspect_checkpoint(args.checkpoint, args.data, args.out, samples=args.samples,
                                 seed=args.seed, progress=_log)

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from diswm.diagnostics import CONTEXT, open_loop_report
+from diswm.runfolder import CHECKPOINT
+from learner.evaluator import evaluate_recorded
 from learner.learner import Learner
-from learner.serial import CHECKPOINT, evaluate_recorded
 
 HISTORY_COLUMNS = ("env_steps", "updates", "scheme", "return_mean", "openl_image_mse",
                    "openl_reward_mae")

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from diswm import signals
-from diswm.config import Config, ConfigError, load_config, preset_names, replace
+from diswm.config import Config, ConfigError, replace
 from diswm.control import RunFailed
+from diswm.presets import load_config, preset_names
 from diswm.runfolder import private_dir
 
 METHODS: dict[str, tuple[str, ...]] = {
@@ -76,8 +77,8 @@ def run_experiment(transfer: str, *, methods: Sequence[str] = ("diswm",), seeds:
     """`parallel` > 1 runs up to that many method x seed runs at once on one Ray and one Redis
     (each in its own replay namespace and placement group; runs the cluster cannot fit yet wait
     in Ray's queue); a failed run is retried `retries` times, then reported."""
-    from diswm.report import report
-    from diswm.runtime.job import run_job
+    from ops.report import report
+    from ops.runtime.job import run_job
 
     if transfer not in ("all", REPRODUCE) and transfer not in TRANSFERS:
         raise ConfigError(f"unknown transfer {transfer!r}; valid: all, {REPRODUCE}, "
@@ -203,9 +204,9 @@ def _run_concurrently(todo, runs, out: Path, parallel: int, retries: int,
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    from diswm.report import report
-    from diswm.runtime.cluster import _cluster_gpus, run_bundles
-    from diswm.runtime.job import run_job
+    from ops.report import report
+    from ops.runtime.job import run_job
+    from ops.runtime.ray_head import cluster_gpus, run_bundles
     from replay_service.server import RedisServer
 
     sharded = sorted({cfg.replay.shards for _, cfg, _, _, _ in todo} - {1})
@@ -253,7 +254,7 @@ def _run_concurrently(todo, runs, out: Path, parallel: int, retries: int,
                 progress(f"[{name}] {msg}")
 
             for attempt in range(retries + 1):
-                pg = placement_group(run_bundles(cfg, _cluster_gpus() > 0), strategy="PACK")
+                pg = placement_group(run_bundles(cfg, cluster_gpus() > 0), strategy="PACK")
                 try:
                     say(f"=== {title}: waiting for room in the cluster"
                         + (f" (attempt {attempt + 1})" if attempt else ""))

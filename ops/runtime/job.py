@@ -24,9 +24,9 @@ from diswm import signals
 from diswm.config import Config, replace
 from diswm.control import RunControl, RunFailed
 from diswm.runfolder import private_dir
-from diswm.runtime.cluster import Cluster, action_dim_of
 from diswm.supervision import one_line
-from replay_service.shards import unfed_shards_note
+from ops.runtime.cluster import Cluster, action_dim_of
+from replay_service.redis_cluster import unfed_shards_note
 
 
 def _pretrain(cfg: Config, run_dir: Path, progress: Callable[[str], None]) -> tuple[Path, dict]:
@@ -67,7 +67,7 @@ def run_job(cfg: Config, run_dir: str | Path, *, teacher: str | None = None,
     if teacher:
         cfg = replace(cfg, distill={"teacher": str(Path(teacher).resolve())})
     cfg.save(run_dir / "config.yaml")
-    from learner.serial import ensure_random_reference
+    from learner.evaluator import ensure_random_reference
 
     random_ref = ensure_random_reference(cfg, run_dir, progress=progress)
     cluster = Cluster.create(cfg, run_dir, placement_group=placement_group)
@@ -151,8 +151,8 @@ def _print_metrics_urls(cluster: Cluster, progress: Callable[[str], None]) -> No
 def training_note(run_dir: Path, window: int) -> str:
     """", training episodes of the last `window` env steps: mean (n)" from the run's
     episodes.csv (the exploring policy, which is what the published scores count)."""
-    from diswm.report import training_windows
     from diswm.runfolder import read_episodes
+    from ops.report import training_windows
 
     episodes = [(int(r["env_steps"]), float(r["return"])) for r in read_episodes(run_dir)]
     if not episodes:

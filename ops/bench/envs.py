@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from diswm.bench.common import interleaved_rates, write_report
 from diswm.config import Config
 from diswm.envs import make_env
+from ops.bench.common import interleaved_rates, write_report
 
 
 def _env_stepper(env, rng: np.random.Generator) -> Callable[[int], int]:

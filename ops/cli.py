@@ -25,8 +25,9 @@ import json
 import sys
 from collections.abc import Sequence
 
-from diswm.config import Config, ConfigError, load_config
+from diswm.config import Config, ConfigError
 from diswm.control import NamespaceHeld, RunFailed
+from diswm.presets import load_config
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -80,7 +81,7 @@ def _cmd_envs_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_show(args: argparse.Namespace) -> int:
-    from diswm.config import preset_names
+    from diswm.presets import preset_names
 
     if args.presets:
         print("\n".join(preset_names()))
@@ -124,7 +125,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from learner.inspection import format_report, inspect_run
+    from learner.run_inspection import format_report, inspect_run
 
     result = inspect_run(args.run, checkpoint=args.checkpoint, episodes=args.episodes,
                          out=args.out, seed=args.seed)
@@ -136,7 +137,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_envs(args: argparse.Namespace) -> int:
-    from diswm.bench.envs import bench_envs
+    from ops.bench.envs import bench_envs
 
     cfg = _config(args)
     report = bench_envs(cfg, steps=args.steps, rounds=args.rounds, json_path=args.json,
@@ -150,11 +151,11 @@ def _cmd_bench_envs(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_replay(args: argparse.Namespace) -> int:
-    from diswm.bench.replay import bench_replay
+    from ops.bench.replay import bench_replay
 
     cfg = _config(args)
     if args.shards:
-        from diswm.bench.shards import bench_shards
+        from ops.bench.replay_shards import bench_shards
 
         report = bench_shards(cfg, args.shards, writers=args.writers, seconds=args.seconds,
                               json_path=args.json,
@@ -180,7 +181,7 @@ def _cmd_bench_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_actors(args: argparse.Namespace) -> int:
-    from diswm.bench.actors import bench_actors
+    from ops.bench.actors import bench_actors
 
     report = bench_actors(_config(args), seconds=args.seconds, json_path=args.json,
                           progress=lambda msg: print(msg, file=sys.stderr))
@@ -192,7 +193,7 @@ def _cmd_bench_actors(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_learner(args: argparse.Namespace) -> int:
-    from diswm.bench.learner import bench_learner
+    from ops.bench.learner import bench_learner
 
     report = bench_learner(presets=args.config, overrides=args.overrides, sizes=args.sizes,
                            modes=args.modes, updates=args.updates, rounds=args.rounds,
@@ -265,11 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="eval env seed (default: train.seed + 20000, unlike training's evals)")
     p.set_defaults(func=_cmd_inspect)
 
-    from pretrain.cli import add_pretrain_parser
+    from ops.pretrain_commands import add_pretrain_parser
 
     add_pretrain_parser(sub, _add_config_args)
 
-    from diswm.runtime.commands import add_commands as add_runtime_commands
+    from ops.runtime.commands import add_commands as add_runtime_commands
 
     add_runtime_commands(sub, _add_config_args, _config)
 

@@ -14,7 +14,7 @@ limiter is off: this measures throughput, not the train ratio. Host memory is as
 process (`train.reuse_host_memory`, diswm/hostmem.py: freed memory kept for reuse, so a batch's
 arrays are not page-faulted afresh), for the baseline and the Redis path alike.
 
-``--shards 1 2 3`` runs replay_service's sharding benchmark instead (diswm/bench/shards.py).
+``--shards 1 2 3`` runs replay_service's sharding benchmark instead (ops/bench/replay_shards.py).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from diswm.bench.common import interleaved_rates, write_report
 from diswm.config import Config
 from diswm.envs import make_env
 from diswm.hostmem import reuse_freed_memory
+from ops.bench.common import interleaved_rates, write_report
 from replay_service.buffer import SequenceBuffer
 from replay_service.client import ReplaySampler, ReplaySpec, ReplayWriter
 from replay_service.server import RedisServer

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from diswm.bench.common import write_report
 from diswm.config import Config
+from ops.bench.common import write_report
 
 _NODE_STATS = ("total_net_input_bytes", "total_net_output_bytes")
 
@@ -77,7 +77,7 @@ def _node_stats(client) -> dict[str, float]:
 
 
 def _save_frames(cfg: Config, n: int, path: Path) -> int:
-    from diswm.bench.replay import _frames
+    from ops.bench.replay import _frames
     from replay_service.chunks import normalise_step
 
     steps = [normalise_step(s) for s in _frames(cfg, n, cfg.train.seed)]
@@ -89,8 +89,8 @@ def bench_shards(cfg: Config, shard_counts: list[int], *, writers: int = 4,
                  seconds: float = 8.0, actors: int = 1000, frames_per_s: float = 150.0,
                  target_utilization: float = 0.5, json_path=None, progress=print
                  ) -> dict[str, Any]:
+    from replay_service.redis_cluster import LocalRedisCluster
     from replay_service.server import RedisServer
-    from replay_service.shards import LocalRedisCluster
     from replay_service.spec import ReplaySpec
 
     if not shard_counts or min(shard_counts) < 1:

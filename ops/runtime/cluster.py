@@ -8,7 +8,8 @@
 
 `diswm run` uses it within one driver process; `diswm cluster up|scale|status|down` uses it with
 detached actors on a `ray start --head` cluster, keeping what later commands need in
-``<run_dir>/cluster.json``.
+``<run_dir>/cluster.json``. The Ray head and a run's placement are in `ray_head.py`, the Redis
+password and process in `redis_process.py`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,23 @@ from diswm.control import NamespaceLease, RunFailed
 from diswm.runfolder import private_dir
 from diswm.signals import ray_init
 from diswm.supervision import one_line
+from ops.runtime.ray_head import (
+    cluster_gpus,
+    ray_cpus,
+    start_ray_head,
+    stop_ray_head,
+    use_ray_token,
+)
+from ops.runtime.redis_process import (
+    redis_maxmemory,
+    redis_password,
+    redis_pid,
+    shutdown_redis,
+    stored_password,
+)
 from replay_service.client import ReplaySampler, ReplaySpec, read_meta
+from replay_service.redis_cluster import LocalRedisCluster
 from replay_service.server import RedisServer, read_or_create_password
-from replay_service.shards import LocalRedisCluster
 from replay_service.spec import connect as replay_connect
 
 STATE_FILE = "cluster.json"
@@ -40,12 +53,6 @@ def action_dim_of(cfg: Config) -> int:
 
     with make_env(cfg.env, cfg.distraction, seed=0) as env:
         return int(env.act_space.shape[0])
-
-
-def redis_maxmemory(cfg: Config) -> int:
-    """Redis's hard memory cap: the replay's capacity as raw (uncompressed) steps, plus room."""
-    step = cfg.env.size * cfg.env.size * 3 + 4096
-    return int(cfg.replay.capacity * step * 1.2) + (256 << 20)
 
 
 class Cluster:
@@ -144,7 +151,7 @@ class Cluster:
         spec = asdict(self.spec)
         spec.pop("password")  # secrets stay in their file or the environment
         state = {"config": self.cfg.to_dict(), "spec": spec, "ray_address": self.ray_address,
-                 "redis_pid": _redis_pid(self.redis),
+                 "redis_pid": redis_pid(self.redis),
                  "ray_head": self.ray_head, "namespace": self.namespace}
         path = self.run_dir / STATE_FILE
         fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -177,7 +184,7 @@ class Cluster:
         if holder not in (None, str(self.run_dir)):
             lease.acquire()  # raises NamespaceHeld naming the live run (unless it just ended)
             lease.release()
-        gpus = self.cfg.runtime.learner_gpus if _cluster_gpus() > 0 else 0
+        gpus = self.cfg.runtime.learner_gpus if cluster_gpus() > 0 else 0
         opts = self._options("learner") | {"num_gpus": gpus,
                                            "num_cpus": self.cfg.runtime.learner_cpus}
         handle = ray.remote(LearnerActor).options(**opts).remote(
@@ -376,176 +383,11 @@ class Cluster:
             if self.redis is not None:
                 self.redis.stop()
             elif getattr(self, "redis_pid", None):
-                _shutdown_redis(self.spec)
+                shutdown_redis(self.spec)
         return summary
 
     def replay_meta(self) -> dict[str, int]:
         return read_meta(self.redis_client(), self.spec)
-
-
-def run_bundles(cfg: Config, gpus: bool) -> list[dict[str, float]]:
-    """What one run needs, as placement-group bundles: the learner (its CPUs and GPU share), its
-    evaluation actor, and one bundle per actor (with `runtime.actor_resources`)."""
-    learner = {"CPU": float(cfg.runtime.learner_cpus)}
-    if gpus and cfg.runtime.learner_gpus:
-        learner["GPU"] = float(cfg.runtime.learner_gpus)
-    actor = {"CPU": 1.0, **cfg.runtime.actor_resource_map()}
-    return [learner, {"CPU": 1.0}, *[dict(actor) for _ in range(cfg.runtime.actors)]]
-
-
-def redis_password(cfg: Config) -> str:
-    """The Redis password from $DISWM_REDIS_PASSWORD, else `replay.password_file`; "" when
-    neither is set (a local Redis then generates one into the run folder)."""
-    env = os.environ.get("DISWM_REDIS_PASSWORD", "").strip()
-    if env:
-        return env
-    if cfg.replay.password_file:
-        path = Path(cfg.replay.password_file).expanduser()
-        try:
-            text = path.read_text().strip()
-        except OSError as err:
-            raise ValueError(f"replay.password_file {path}: cannot read it "
-                             f"({err.strerror or err})") from None
-        if not text:
-            raise ValueError(f"replay.password_file {path} is empty")
-        return text
-    return ""
-
-
-def stored_password(cfg: Config, run_dir: Path) -> str:
-    """The password of a run's Redis, from the same source the run took it from."""
-    password = redis_password(cfg)
-    if password:
-        return password
-    for path in (run_dir / "redis" / "redis.password", run_dir / "redis.password"):
-        if path.exists():
-            return path.read_text().strip()
-    raise ValueError(f"no Redis password for {run_dir}: set DISWM_REDIS_PASSWORD or "
-                     "replay.password_file as when the cluster was started")
-
-
-def ray_cpus(cfg: Config) -> int:
-    """Logical CPUs for Ray's scheduler: one per actor, the learner's, one for its evaluation
-    actor and one to scale up into; at least the machine's (actors mostly wait on rendering or
-    the rate limiter, so this oversubscribes on purpose). `cluster up --ray-cpus N` sets more."""
-    return max(os.cpu_count() or 1, cfg.runtime.actors + cfg.runtime.learner_cpus + 2)
-
-
-def _ray_cli() -> str:
-    """The `ray` command of this interpreter's environment (the venv need not be on PATH)."""
-    import shutil
-    import sys
-
-    beside = Path(sys.executable).parent / "ray"
-    found = str(beside) if beside.exists() else shutil.which("ray")
-    if not found:
-        raise FileNotFoundError("the `ray` command is missing; `make install` installs ray")
-    return found
-
-
-def _ray_env() -> dict[str, str]:
-    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def use_ray_token(run_dir: Path, create: bool = False) -> Path:
-    """Ray's token authentication (on by default for `ray start` since Ray 2.59) with the run's
-    own token: ``<run_dir>/ray.token`` (mode 0600), for this process and what it starts. Ray
-    reads the token when it is first imported, so call this before."""
-    import secrets
-
-    path = Path(run_dir) / "ray.token"
-    if create and not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    if path.exists():
-        os.environ["RAY_AUTH_MODE"] = "token"
-        os.environ["RAY_AUTH_TOKEN_PATH"] = str(path.resolve())
-    return path
-
-
-def start_ray_head(run_dir: Path, num_cpus: int, timeout: float = 180.0) -> tuple[str, int]:
-    """`ray start --head --block` in its own process group; returns (the address Ray
-    advertises, the group's id). Stopping that group stops this cluster's Ray and nothing else
-    (`ray stop` would end every Ray on the machine)."""
-    import signal
-
-    from replay_service.server import free_port
-
-    use_ray_token(run_dir, create=True)
-    port = free_port()
-    cmd = [_ray_cli(), "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}",
-           "--include-dashboard=false", "--disable-usage-stats", "--block"]
-    log_path = run_dir / "ray-head.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_ray_env(),
-                                start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while True:
-        text = log_path.read_text(errors="replace")
-        for line in text.splitlines():  # Ray advertises the node's own IP
-            if "ray start --address=" in line:
-                return line.split("--address=", 1)[1].strip().strip("'\"").split("'")[0], proc.pid
-        if proc.poll() is not None:
-            raise RuntimeError(f"`{' '.join(cmd)}` exited with {proc.returncode}:\n{text}")
-        if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise TimeoutError(f"the Ray head did not come up in {timeout:.0f}s; see {log_path}")
-        time.sleep(0.2)  # polling the head's log for its address, with a deadline
-
-
-def stop_ray_head(pgid: int, address: str = "", timeout: float = 60.0) -> None:
-    """Stop the process group `start_ray_head` made (SIGTERM, then SIGKILL), and forget its
-    address where Ray records the machine's current cluster (as `ray stop` would)."""
-    import signal
-    import tempfile
-
-    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-    try:
-        if address and current.read_text().strip() == address:
-            current.unlink()
-    except OSError:
-        pass
-
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)  # waiting for the group to exit, with a deadline
-    os.killpg(pgid, signal.SIGKILL)
-
-
-def _cluster_gpus() -> float:
-    import ray
-
-    return float(ray.cluster_resources().get("GPU", 0.0))
-
-
-def _redis_pid(server) -> int | None:
-    """The process id of the local Redis (a cluster's first node) `cluster down` stops."""
-    if server is None:
-        return None
-    first = server.nodes[0] if isinstance(server, LocalRedisCluster) else server
-    return first._proc.pid if first._proc else None
-
-
-def _shutdown_redis(spec: ReplaySpec) -> None:
-    import redis
-
-    addresses = [f"{spec.host}:{spec.port}", *spec.cluster_nodes]  # every node of a cluster
-    for address in addresses:
-        host, _, port = address.rpartition(":")
-        client = redis.Redis(host=host, port=int(port), password=spec.password)
-        try:
-            client.shutdown()
-        except redis.ConnectionError:
-            pass
 
 
 def _cause(err: BaseException) -> str:

@@ -55,9 +55,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from diswm.bench.common import format_rate, interleaved_rates, write_report
-from diswm.config import load_config
 from diswm.hostmem import reuse_freed_memory
+from diswm.presets import load_config
+from ops.bench.common import format_rate, interleaved_rates, write_report
 
 _PLAIN = ["train.precision=fp32", "train.channels_last=false", "train.compile=false",
           "train.fast_convs=false"]
@@ -208,7 +208,7 @@ def bench_learner(*, presets: Sequence[str] = (), overrides: Sequence[str] = (),
                   progress: Callable[[str], None] | None = print) -> dict[str, Any]:
     from diswm.agent.teacher import FIELD, TeacherLatents
     from diswm.models import VideoModel
-    from learner import Learner  # local: keeps `diswm.bench` importable without the role folders
+    from learner import Learner  # local: keeps `ops.bench` importable without the role folders
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -350,8 +350,8 @@ def bench_learner(*, presets: Sequence[str] = (), overrides: Sequence[str] = (),
 
 _AB_CHILD = """
 import json, resource, sys, time
-from diswm.bench.learner import MODES, SIZES, synthetic_batch
-from diswm.config import load_config
+from ops.bench.learner import MODES, SIZES, synthetic_batch
+from diswm.presets import load_config
 from learner import Learner
 size, mode, updates, reuse, presets, overrides = json.loads(sys.argv[1])
 cfg = load_config([*SIZES[size], *presets],
