@@ -359,7 +359,7 @@ def test_a_failed_cluster_up_leaves_nothing_running(tmp_path):
     bad.write_text("not a checkpoint\n")
     run = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "diswm", "cluster", "up", "--config", "tiny", "--actors", "1",
+        [sys.executable, "-m", "ops", "cluster", "up", "--config", "tiny", "--actors", "1",
          "--teacher", str(bad), "--run-dir", str(run)],
         capture_output=True, text=True, timeout=400, cwd=root)
     err = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -411,7 +411,7 @@ def _start_run(run, *extra: str):
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "diswm", "run", "--config", "tiny", "--skip-pretrain",
+        [sys.executable, "-m", "ops", "run", "--config", "tiny", "--skip-pretrain",
          "--run-dir", str(run), "--set", "train.steps=100000", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root, env=env,
         start_new_session=True)
@@ -563,7 +563,7 @@ def test_sigterm_stops_parallel_experiment_runs_each_with_its_final_checkpoint(t
     out = tmp_path / "exp"
     runs = [out / "runs" / f"dreamerv2-seed{k}" for k in (0, 1)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "diswm", "experiment", "finger_spin_to_cartpole_swingup",
+        [sys.executable, "-m", "ops", "experiment", "finger_spin_to_cartpole_swingup",
          "--methods", "dreamerv2", "--seeds", "2", "--parallel", "2", "--config", "tiny",
          "--out", str(out), "--set", "train.steps=100000", "train.checkpoint_every=10000000",
          "runtime.actors=1"],
@@ -600,7 +600,7 @@ def test_sigterm_stops_a_serial_run_with_a_checkpoint_to_resume_from(tmp_path):
     run = tmp_path / "serial"
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "diswm", "train", "--serial", "--config", "tiny", "dreamerv2",
+        [sys.executable, "-m", "ops", "train", "--serial", "--config", "tiny", "dreamerv2",
          "--run-dir", str(run), "--set", "train.steps=100000", "train.checkpoint_every=10000000",
          "train.eval_every=10000000"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root,

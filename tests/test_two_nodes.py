@@ -51,7 +51,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def diswm(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "diswm", *args], env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "ops", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 
