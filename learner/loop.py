@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -41,42 +41,52 @@ from learner.schedule import RunSchedule, legacy_schedule
 Counters = dict[str, int]  # at least "env_steps" and "agent_steps"
 
 
-class BatchSource(Protocol):
-    """Where a run's env steps and batches come from (the serial and the distributed run)."""
+class BatchSource:
+    """Where a run's env steps and batches come from (the serial and the distributed run).
+    A source defines the first five; the hooks after them do nothing unless it needs them."""
 
     def counters(self) -> Counters:
         """The run's counters now (no side effects)."""
+        raise NotImplementedError
 
     def advance(self) -> Counters:
         """Move the run on (serial: one agent step in the env; distributed: read the counters
         the actors keep) and return its counters."""
+        raise NotImplementedError
 
     def finished(self, end: int, counters: Counters, updates: int) -> bool:
         """Whether the loop stops: the run reached `end` env steps (and, distributed, trained
         the updates that much data is owed)."""
+        raise NotImplementedError
 
     def batches(self, counters: Counters) -> Iterable[dict[str, np.ndarray]]:
         """The batches to train on now (none while the train ratio holds the learner back)."""
+        raise NotImplementedError
+
+    def set_scheme(self, scheme: str) -> None:
+        """Switch every env to colour scheme `scheme`."""
+        raise NotImplementedError
+
+    def summary_fields(self) -> dict[str, Any]:
+        """The source's part of ``metrics.json`` (its counters and what else it knows)."""
+        return {"counters": self.counters()}
 
     def after_update(self, batch: dict[str, np.ndarray], out: dict[str, float]) -> None:
         """After each update (distributed: publish the policy, update metrics)."""
 
-    def set_scheme(self, scheme: str) -> None:
-        """Switch every env to colour scheme `scheme`."""
-
     def owed_updates(self, counters: Counters) -> int | None:
         """Updates the train ratio asks for at `counters` (for the progress line), if known."""
+        return None
 
     def sync(self) -> None:
         """Bring the run folder up to date before a progress line or a summary (distributed:
         the training episodes the actors recorded)."""
 
-    def on_evaluation(self, row: dict[str, Any]) -> None: ...
+    def on_evaluation(self, row: dict[str, Any]) -> None:
+        """An evaluation's row was recorded."""
 
-    def on_checkpoint(self) -> None: ...
-
-    def summary_fields(self) -> dict[str, Any]:
-        """The source's part of ``metrics.json`` (its counters and what else it knows)."""
+    def on_checkpoint(self) -> None:
+        """A checkpoint was written."""
 
     def close(self) -> None:
         """The loop ended (a prefetcher's thread or processes stop here)."""

@@ -29,11 +29,11 @@ from diswm.envs import make_env
 from diswm.runfolder import append_episode, private_dir
 from learner.evaluator import ensure_random_reference
 from learner.learner import Learner
-from learner.loop import Counters, TrainLoop
+from learner.loop import BatchSource, Counters, TrainLoop
 from replay_service.buffer import SequenceBuffer
 
 
-class SerialSource:
+class SerialSource(BatchSource):
     """The serial run's `BatchSource`: one env stepped here with the exploring policy (uniform
     actions during the prefill), its steps stored in an in-process replay, and the updates of
     the train ratio: `train.pretrain_updates` once the prefill is stored, then one every
@@ -121,27 +121,6 @@ class SerialSource:
     def set_scheme(self, scheme: str) -> None:
         self.env.set_scheme(scheme)
         self.c["switched"] = 1
-
-    def owed_updates(self, counters: Counters) -> int | None:
-        return None
-
-    def sync(self) -> None:
-        pass
-
-    def on_evaluation(self, row: dict[str, Any]) -> None:
-        pass
-
-    def on_checkpoint(self) -> None:
-        pass
-
-    def summary_fields(self) -> dict[str, Any]:
-        return {"counters": dict(self.c)}
-
-    def close(self) -> None:
-        pass
-
-    def finish(self, reached_end: bool) -> None:
-        pass
 
     def release(self) -> None:
         self.env.close()

@@ -29,12 +29,12 @@ from diswm.config import Config
 from diswm.control import NamespaceLease, RunControl
 from diswm.runfolder import CHECKPOINT, append_episode, last_episode_id
 from learner.learner import Learner
-from learner.loop import Counters, TrainLoop, owed_updates
+from learner.loop import BatchSource, Counters, TrainLoop, owed_updates
 from replay_service.client import Prefetcher, ReplaySampler, ReplaySpec
 from replay_service.workers import SamplerPool
 
 
-class ReplaySource:
+class ReplaySource(BatchSource):
     """The distributed run's `BatchSource`: the run's counters from Redis (the actors keep
     them), batches from the replay as its rate limiter grants them, the policy published after
     every update, the namespace's lease kept while the loop runs."""
@@ -186,7 +186,7 @@ class LearnerService:
                  progress: Callable[[str], None] = print):
         self.cfg, self.spec, self.run_dir = cfg, spec, Path(run_dir)
         self.progress = progress
-        remote = bool(cfg.runtime.eval_actor and cfg.train.eval_episodes and _in_ray())
+        remote = bool(cfg.runtime.eval_actor and _in_ray())  # Evaluations: none without episodes
         self.loop = TrainLoop(cfg, self.run_dir, action_dim,
                               resume=(self.run_dir / CHECKPOINT).exists(), progress=progress,
                               log=lambda msg: progress(f"learner: {msg}"),
@@ -212,9 +212,6 @@ class LearnerService:
 
     def write_summary(self) -> dict[str, Any]:
         return self.loop.write_summary()
-
-    def status_line(self) -> str:
-        return self.loop.status_line(self.source.counters())
 
     def stats(self) -> dict[str, Any]:
         evals = self.loop.evals
