@@ -338,6 +338,10 @@ class Cluster:
             out["learner"] = ray.get(self.learner().stats.remote(), timeout=30)
             if out["learner"].get("failed"):
                 problems.append(f"learner: {out['learner']['error']}")
+            if skipped := out["learner"].get("skipped_updates"):
+                problems.append(f"learner: {skipped} update(s) skipped because their loss or "
+                                "gradients were not finite (non-finite data in the replay, or "
+                                "divergence; see the learner's log)")
         except ValueError:
             problems.append("learner: not running")
         except Exception as err:  # noqa: BLE001 - report, do not fail the status

@@ -1,0 +1,123 @@
+"""Faults that must not end a run: non-finite data and weights (real redis-server, tiny preset).
+
+Each test was seen failing on the code before its fix."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+import torch
+from prometheus_client import REGISTRY
+
+from diswm.broadcast import BadWeights, WeightStore
+from diswm.presets import load_config
+from learner import Learner
+from replay_service.chunks import Chunk
+from replay_service.client import ReplaySpec, ReplayWriter, read_meta
+
+A = 6
+
+
+def spec_for(server) -> ReplaySpec:
+    return ReplaySpec(port=server.port, password=server.password,
+                      namespace=uuid.uuid4().hex[:8], capacity=10_000, chunk_length=8,
+                      wait_timeout=10.0)
+
+
+def chunk_data(n: int = 8, **bad) -> dict[str, np.ndarray]:
+    first = np.zeros(n, bool)
+    first[0] = True
+    data = {"image": np.zeros((n, 8, 8, 3), np.uint8), "action": np.zeros((n, 3), np.float32),
+            "reward": np.ones(n, np.float32), "is_first": first, "is_last": np.zeros(n, bool),
+            "is_terminal": np.zeros(n, bool), "discount": np.ones(n, np.float32),
+            "policy_version": np.zeros(n, np.int64)}
+    for key, value in bad.items():
+        data[key] = data[key].copy()
+        data[key][3] = value
+    return data
+
+
+@pytest.mark.parametrize(("field", "value", "count"), [
+    ("reward", np.nan, 1), ("reward", np.inf, 1), ("action", -np.inf, 3), ("discount", np.nan, 1)])
+def test_the_chunk_insert_path_refuses_non_finite_values(server, field, value, count):
+    spec = spec_for(server)
+    writer = ReplayWriter(spec)
+    writer.insert_chunk(Chunk("s0", 0, chunk_data()))  # a finite chunk is stored
+    with pytest.raises(ValueError, match=rf"stream 's0', chunk 1: field '{field}' has {count} "
+                                         "non-finite value"):
+        writer.insert_chunk(Chunk("s0", 1, chunk_data(**{field: value})))
+    meta = read_meta(writer.client, spec)
+    assert meta["inserts"] == 8 and meta["size_steps"] == 8  # the finite chunk only
+    rejected = REGISTRY.get_sample_value("diswm_replay_rejected_steps_total",
+                                         {"namespace": spec.namespace})
+    assert rejected == 8
+
+
+def make_batch(cfg, seed: int = 0, reward_nan: bool = False) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    B, T = cfg.train.batch_size, cfg.train.batch_length
+    first = np.zeros((B, T), bool)
+    first[:, 0] = True
+    reward = rng.normal(size=(B, T)).astype(np.float32)
+    if reward_nan:
+        reward[1, 3] = np.nan
+    return {"image": rng.integers(0, 256, (B, T, 64, 64, 3), dtype=np.uint8),
+            "action": rng.uniform(-1, 1, (B, T, A)).astype(np.float32), "reward": reward,
+            "is_first": first, "is_last": np.zeros((B, T), bool),
+            "is_terminal": np.zeros((B, T), bool), "policy_version": np.zeros((B, T), np.int64)}
+
+
+def snapshot(learner: Learner) -> tuple[dict, dict]:
+    weights = {k: v.clone() for k, v in learner.state_dict().items()}
+    opts = {name: {i: {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
+                   for i, s in opt.state_dict()["state"].items()}
+            for name, opt in learner.opts.items()}
+    return weights, opts
+
+
+def same(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    return all(same(a[k], b[k]) if isinstance(a[k], dict) else
+               (torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k]) for k in a)
+
+
+def test_an_update_whose_loss_is_not_finite_changes_nothing_and_is_counted():
+    cfg = load_config(["tiny"])
+    learner = Learner(cfg, A)
+    learner.update(make_batch(cfg, 0))
+    before = snapshot(learner)
+    out = learner.update(make_batch(cfg, 1, reward_nan=True))
+    assert out["skipped"] == 1 and out["skipped_updates"] == 1
+    assert not np.isfinite(out["model_loss"])
+    assert learner.updates == 1 and learner.version == 1 and learner.skipped_updates == 1
+    after = snapshot(learner)
+    assert same(before[0], after[0]), "a non-finite update changed the weights"
+    assert same(before[1], after[1]), "a non-finite update changed the optimizer state"
+    out = learner.update(make_batch(cfg, 2))  # training goes on with the next finite batch
+    assert out["skipped"] == 0 and out["skipped_updates"] == 1 and learner.updates == 2
+    assert not same(before[0], snapshot(learner)[0])
+    assert all(torch.isfinite(v).all() for v in learner.state_dict().values())
+
+
+def test_the_skip_count_survives_a_resume(tmp_path):
+    cfg = load_config(["tiny"])
+    learner = Learner(cfg, A)
+    learner.update(make_batch(cfg, 1, reward_nan=True))
+    learner.update(make_batch(cfg, 2, reward_nan=True))
+    learner.save(tmp_path / "l.pt")
+    resumed, _ = Learner.from_checkpoint(tmp_path / "l.pt")
+    assert resumed.skipped_updates == 2 and resumed.updates == 0
+
+
+def test_non_finite_weights_are_never_published(redis_server):
+    client = redis_server.client()
+    store = WeightStore(client, "ns")
+    state = {"w": torch.ones(3), "b": torch.zeros(2)}
+    store.publish(4, state)
+    with pytest.raises(BadWeights, match=r"not publishing version 5: tensor 'w' is not finite"):
+        store.publish(5, {**state, "w": torch.tensor([1.0, float("inf"), 0.0])})
+    version, fetched = store.fetch()
+    assert version == 4 and store.version() == 4 and torch.equal(fetched["w"], state["w"])
