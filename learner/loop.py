@@ -125,6 +125,7 @@ class TrainLoop:
                                        remote=remote_evaluations)
         self.source: BatchSource | None = None
         self.last_metrics: dict[str, float] = {}
+        self.counters: Counters = {}  # the run's counters as the loop read them last
         self.started = time.perf_counter()
         self._rates: list[tuple[float, int, int]] = []  # (time, env steps, updates)
 
@@ -136,12 +137,12 @@ class TrainLoop:
         cfg, self.source = self.cfg, source
         end = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
         last_log = time.perf_counter()
-        counters = source.counters()
+        counters = self.counters = source.counters()
         try:
             while not (stop is not None and stop.is_set()):
                 if source.finished(end, counters, self.learner.updates):
                     break
-                counters = source.advance()
+                counters = self.counters = source.advance()
                 env_steps = counters["env_steps"]
                 if self.schedule.switch_due(env_steps, self.learner.scheme):
                     self.learner.scheme = cfg.distraction.switch_to

@@ -231,7 +231,9 @@ class LearnerService:
         evals = self.loop.evals
         return {"updates": self.learner.updates, "version": self.learner.version,
                 "skipped_updates": self.learner.skipped_updates,
-                "scheme": self.learner.scheme, "env_steps": self.control.counters()["env_steps"],
+                # the counters the loop read last: a stats call never waits on Redis
+                "scheme": self.learner.scheme,
+                "env_steps": self.loop.counters.get("env_steps") if self.loop.counters else None,
                 "evaluations": len(evals),
                 "last_eval": evals[-1]["return_mean"] if evals else None}
 

@@ -243,6 +243,39 @@ def test_a_non_finite_chunk_is_skipped_by_the_learner_and_surfaced(cluster, monk
                for p in problems), problems
 
 
+def test_status_and_replay_check_answer_while_redis_hangs(cluster, capsys):
+    """With redis-server stopped (SIGSTOP), `cluster status` took 114 s and `replay check` 105 s
+    (60 s socket timeouts, retried, then 30 s per Ray call). Both must answer at once and say
+    that Redis is not responding. The bound is a hang guard, not a timing."""
+    from ops.cli import main
+
+    pid = cluster.redis.server_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        status = cluster.status()
+        status_seconds = time.monotonic() - start
+        start = time.monotonic()
+        code = main(["replay", "check", str(cluster.run_dir)])
+        check_seconds = time.monotonic() - start
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    err = capsys.readouterr().err
+    with capsys.disabled():
+        print(f"\nwhile Redis is stopped: cluster status {status_seconds:.1f} s, replay check "
+              f"{check_seconds:.1f} s")
+    assert status["healthy"] is False
+    assert any("is not responding" in p for p in status["problems"]), status["problems"]
+    assert status["learner"]["updates"] is not None  # the learner answers with what it knows
+    assert code != 0 and "diswm: error: redis at" in err and "is not responding" in err, err
+    assert status_seconds < 20 and check_seconds < 20, (status_seconds, check_seconds)
+    def answering():
+        st = cluster.status()
+        return st["replay"] is not None and not any("redis at" in p for p in st["problems"])
+
+    wait_for("Redis to answer again", answering, timeout=120)
+
+
 def test_actor_stop_flushes_partial_episodes(tmp_path):
     """Nothing an actor stepped is lost when it stops: every step is in the replay after close."""
     from actors.worker import ActorWorker

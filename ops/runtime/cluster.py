@@ -286,6 +286,14 @@ class Cluster:
         self.refresh_targets()
         return self.actor_names()
 
+    def _ray_actor_names(self) -> list[str]:
+        """The run's actors as Ray names them (when Redis, which lists them, cannot answer)."""
+        import ray
+
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a.get("namespace") == self.namespace and re.fullmatch(r"actor-\d+", a["name"])]
+        return sorted(names, key=lambda n: int(n.split("-")[1]))
+
     def refresh_targets(self) -> Path:
         """Rewrite the Prometheus file_sd targets from the processes registered in Redis."""
         from diswm import telemetry
@@ -302,24 +310,21 @@ class Cluster:
         import redis
 
         from diswm.control import RunControl
-        from diswm.rediskit import connect
+        from diswm.rediskit import describe_failure, probe
 
         out: dict[str, Any] = {"run_dir": str(self.run_dir), "namespace": self.namespace,
                                "replay": None, "learner": None, "actors": []}
         problems: list[str] = []
-        try:
-            if self.spec.shards == 1:
-                quick = connect(self.spec.host, self.spec.port, self.spec.password,
-                                outage_window=1)
-                quick.ping()
-            else:
+        try:  # a probe first: a stopped or hung Redis is reported within seconds
+            quick = probe(self.spec.host, self.spec.port, self.spec.password, PROBE_TIMEOUT)
+            quick.ping()
+            if self.spec.shards > 1:
                 quick = replay_connect(replace(self.spec, outage_window=5))
             redis_up = True
         except redis.RedisError as err:
             redis_up = False
             since = _last_line(self.run_dir / "redis" / "supervisor.log")
-            problems.append(f"redis at {self.spec.host}:{self.spec.port} is unreachable "
-                            f"({type(err).__name__}: {err})"
+            problems.append(describe_failure(self.spec.host, self.spec.port, err, PROBE_TIMEOUT)
                             + (f"; its supervisor's last event: {since}" if since else ""))
         if redis_up:
             sampler = ReplaySampler(self.spec)
@@ -334,28 +339,41 @@ class Cluster:
             errors = RunControl(quick, self.namespace).errors()
             out["errors"] = errors
             problems += [f"{role}: {message}" for role, message in sorted(errors.items())]
+        # Every role at once, with one deadline: a role that does not answer is named, and
+        # the status never waits on them one after the other.
+        calls: dict[str, Any] = {}
         try:
-            out["learner"] = ray.get(self.learner().stats.remote(), timeout=30)
-            if out["learner"].get("failed"):
-                problems.append(f"learner: {out['learner']['error']}")
-            if skipped := out["learner"].get("skipped_updates"):
-                problems.append(f"learner: {skipped} update(s) skipped because their loss or "
-                                "gradients were not finite (non-finite data in the replay, or "
-                                "divergence; see the learner's log)")
+            calls["learner"] = self.learner().stats.remote()
         except ValueError:
             problems.append("learner: not running")
-        except Exception as err:  # noqa: BLE001 - report, do not fail the status
-            problems.append(f"learner: unreachable ({type(err).__name__})")
-        for name in self.actor_names() if redis_up else []:
+        for name in self.actor_names() if redis_up else self._ray_actor_names():
             try:
-                stats = ray.get(ray.get_actor(name, namespace=self.namespace).stats.remote(),
-                                timeout=30)
-                if stats.get("failed"):
-                    problems.append(f"{name}: {stats['failed']}")
-            except Exception as err:  # noqa: BLE001 - report, do not fail the status
-                stats = {"name": name, "error": f"{type(err).__name__}: {err}"[:300]}
-                problems.append(f"{name}: unreachable ({type(err).__name__})")
-            out["actors"].append(stats)
+                calls[name] = ray.get_actor(name, namespace=self.namespace).stats.remote()
+            except ValueError:
+                continue  # gone since it was listed
+        replies = _gather(calls, timeout=STATS_TIMEOUT)
+        for name, reply in replies.items():
+            if isinstance(reply, BaseException):
+                why = (f"no answer within {STATS_TIMEOUT:g} s"
+                       if isinstance(reply, ray.exceptions.GetTimeoutError)
+                       else type(reply).__name__)
+                problems.append(f"{name}: unreachable ({why})")
+                if name != "learner":
+                    out["actors"].append({"name": name, "error": f"{type(reply).__name__}: "
+                                                                 f"{reply}"[:300]})
+                continue
+            if name == "learner":
+                out["learner"] = reply
+                if reply.get("failed"):
+                    problems.append(f"learner: {reply['error']}")
+                if skipped := reply.get("skipped_updates"):
+                    problems.append(f"learner: {skipped} update(s) skipped because their loss "
+                                    "or gradients were not finite (non-finite data in the "
+                                    "replay, or divergence; see the learner's log)")
+            else:
+                if reply.get("failed"):
+                    problems.append(f"{name}: {reply['failed']}")
+                out["actors"].append(reply)
         out["problems"] = list(dict.fromkeys(problems))  # each once, in order
         out["healthy"] = not out["problems"]
         out["metrics_targets"] = str(self.run_dir / "prometheus" / "targets.json")
@@ -401,6 +419,32 @@ def _cause(err: BaseException) -> str:
              if ln.strip() and not ln.strip().startswith(("File ", "^", "~"))]
     errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Held|Failed):", ln)]
     return (errors[-1] if errors else one_line(text))[:400]
+
+
+PROBE_TIMEOUT = 2.0  # seconds Redis has to answer `cluster status`'s probe
+STATS_TIMEOUT = 10.0  # seconds every role together has to answer `cluster status`
+
+
+def _gather(calls: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Ray object refs by name -> their values, or the exception each raised; refs not ready
+    within `timeout` seconds (all together) get GetTimeoutError."""
+    import ray
+
+    if not calls:
+        return {}
+    refs = list(calls.values())
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    ready = set(ready)
+    out: dict[str, Any] = {}
+    for name, ref in calls.items():
+        if ref not in ready:
+            out[name] = ray.exceptions.GetTimeoutError(f"{name} did not answer")
+            continue
+        try:
+            out[name] = ray.get(ref, timeout=1)
+        except Exception as err:  # noqa: BLE001 - report, do not fail the status
+            out[name] = err
+    return out
 
 
 def _last_line(path: Path) -> str:
