@@ -121,3 +121,50 @@ def test_non_finite_weights_are_never_published(redis_server):
         store.publish(5, {**state, "w": torch.tensor([1.0, float("inf"), 0.0])})
     version, fetched = store.fetch()
     assert version == 4 and store.version() == 4 and torch.equal(fetched["w"], state["w"])
+
+
+# -- a run on a Redis it did not start (a namespace taken over) --------------------------------
+@pytest.mark.parametrize("source", ["environment", "relative password_file"])
+def test_every_command_works_on_a_run_that_took_over_a_redis(tmp_path, monkeypatch, capsys,
+                                                            source):
+    """Run A was SIGKILLed; its Redis lives on. Run B's `cluster up` points at that Redis with
+    A's password, from $DISWM_REDIS_PASSWORD or a password file given relative to where it ran.
+    Later commands on B ran without that (another shell, another directory) and failed with
+    "no Redis password": the state file did not say where the password is."""
+    import ray
+
+    from ops.cli import main
+    from ops.runtime.cluster import Cluster
+    from replay_service.server import RedisServer
+
+    ns = f"takeover-{uuid.uuid4().hex[:6]}"
+    with RedisServer(tmp_path / "run-a" / "redis", persistence="none") as redis_a:
+        overrides = [f"replay.port={redis_a.port}", f"replay.namespace={ns}", "runtime.actors=0"]
+        up_dir = tmp_path / "ops-shell"
+        up_dir.mkdir()
+        monkeypatch.chdir(up_dir)
+        if source == "environment":
+            monkeypatch.setenv("DISWM_REDIS_PASSWORD", redis_a.password)
+        else:
+            (up_dir / "a.password").write_text(redis_a.password + "\n")
+            overrides.append("replay.password_file=a.password")
+        cfg = load_config(["tiny"], overrides)
+        run_b = tmp_path / "run-b"
+        run_b.mkdir()
+        cfg.save(run_b / "config.yaml")
+        cluster = Cluster.create(cfg, run_b, num_cpus=2)
+        try:
+            # Another shell in another directory: no variable, no relative file.
+            monkeypatch.delenv("DISWM_REDIS_PASSWORD", raising=False)
+            monkeypatch.chdir(tmp_path)
+            assert redis_a.password.encode() not in (run_b / "cluster.json").read_bytes()
+            attached = Cluster.attach(run_b)
+            assert attached.spec.password == redis_a.password
+            assert attached.status()["replay"] is not None
+            capsys.readouterr()
+            assert main(["replay", "check", str(run_b)]) == 0, capsys.readouterr().err
+            assert "consistent" in capsys.readouterr().out
+        finally:
+            cluster.shutdown()
+            if ray.is_initialized():
+                ray.shutdown()

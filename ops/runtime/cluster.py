@@ -34,6 +34,7 @@ from ops.runtime.ray_head import (
     use_ray_token,
 )
 from ops.runtime.redis_process import (
+    password_record,
     redis_maxmemory,
     redis_password,
     redis_pid,
@@ -69,6 +70,7 @@ class Cluster:
         # learner and actors go into this placement group, and shutdown leaves Ray and Redis.
         self.placement_group = None
         self.shared = False
+        self.password_file: str | None = None  # the file that holds the Redis password
 
     # -- creation ------------------------------------------------------------------------------
     @classmethod
@@ -117,6 +119,7 @@ class Cluster:
                          namespace=spec.namespace, log_to_driver=False)
         cluster = cls(cfg, run_dir, spec, detached=detached, redis=redis_server,
                       ray_address=address)
+        cluster.password_file = str(password_record(cfg, run_dir, password))
         cluster.ray_head = head
         if placement_group is not None:  # a run inside a shared cluster (experiment --parallel)
             cluster.placement_group, cluster.shared = placement_group, True
@@ -137,13 +140,15 @@ class Cluster:
 
         cfg = build_config(state["config"])
         # The password is not in the state file: it comes from where the run took it.
-        fields = {**state["spec"], "password": stored_password(cfg, run_dir)}
+        fields = {**state["spec"], "password": stored_password(cfg, run_dir,
+                                                                state.get("password_file"))}
         fields["cluster_nodes"] = tuple(fields.get("cluster_nodes", ()))
         spec = ReplaySpec(**fields)
         if not ray.is_initialized():
             ray_init(address=state["ray_address"], namespace=spec.namespace, log_to_driver=False)
         cluster = cls(cfg, run_dir, spec, detached=True, ray_address=state["ray_address"])
         cluster.redis_pid = state.get("redis_pid")
+        cluster.password_file = state.get("password_file")
         cluster.ray_head = state.get("ray_head")
         return cluster
 
@@ -152,7 +157,9 @@ class Cluster:
         spec.pop("password")  # secrets stay in their file or the environment
         state = {"config": self.cfg.to_dict(), "spec": spec, "ray_address": self.ray_address,
                  "redis_pid": redis_pid(self.redis),
-                 "ray_head": self.ray_head, "namespace": self.namespace}
+                 "ray_head": self.ray_head, "namespace": self.namespace,
+                 # where the password is (never the password): every later command finds it
+                 "password_file": self.password_file}
         path = self.run_dir / STATE_FILE
         fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

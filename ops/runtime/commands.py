@@ -152,7 +152,7 @@ def cmd_replay_check(args: argparse.Namespace, cfg) -> int:
         state = json.loads(state_path.read_text())
         cfg = build_config(state["config"])
         spec = ReplaySpec(**{k: v for k, v in state["spec"].items() if k != "password"},
-                          password=stored_password(cfg, run))
+                          password=stored_password(cfg, run, state.get("password_file")))
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{state_path} is not a cluster state file ({err})"[:300]) from None
     try:
