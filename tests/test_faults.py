@@ -8,6 +8,7 @@ import uuid
 
 import numpy as np
 import pytest
+import redis
 import torch
 from prometheus_client import REGISTRY
 
@@ -168,3 +169,58 @@ def test_every_command_works_on_a_run_that_took_over_a_redis(tmp_path, monkeypat
             cluster.shutdown()
             if ray.is_initialized():
                 ray.shutdown()
+
+
+# -- nobody watched the watcher -----------------------------------------------------------------
+def test_redis_and_its_supervisor_killed_together_come_back(tmp_path):
+    """SIGKILL of Redis's supervisor and redis-server together left nothing to restart them:
+    actors and learner crashed on connection refused until a person restarted Redis. Now a
+    keeper the cluster runs in Ray (restarted by Ray itself) starts the supervisor again, from
+    the same config and AOF, and a deliberate stop is left alone."""
+    import os
+    import signal
+
+    import ray
+    from support import wait_for
+
+    from diswm.rediskit import probe
+    from ops.runtime.cluster import Cluster
+
+    cfg = load_config(["tiny"], ["runtime.actors=0", "replay.fsync=always",
+                                 f"replay.namespace=keep-{uuid.uuid4().hex[:6]}"])
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg.save(run / "config.yaml")
+    cluster = Cluster.create(cfg, run, num_cpus=2)
+    try:
+        spec = cluster.spec
+        cluster.redis_client().set(f"diswm:{spec.namespace}:probe", "kept")
+        supervisor, server = cluster.redis._proc.pid, cluster.redis.server_pid()
+        os.kill(supervisor, signal.SIGKILL)  # the watcher first, so it cannot restart Redis
+        os.kill(server, signal.SIGKILL)
+
+        def answers():
+            try:
+                return probe(spec.host, spec.port, spec.password).get(
+                    f"diswm:{spec.namespace}:probe")
+            except Exception:  # noqa: BLE001 - refused while it is down
+                return None
+
+        assert wait_for("Redis to come back", answers, timeout=60) == b"kept"
+        log = (run / "redis" / "supervisor.log").read_text()
+        assert "keeper: the supervisor and redis-server are gone" in log, log
+        assert cluster.redis.server_pid() != server
+        assert ray.get(cluster.keeper().check_now.remote(), timeout=30) == ["running"]
+        try:  # a deliberate stop, as `cluster down` sends (a probe: no retries)
+            probe(spec.host, spec.port, spec.password).shutdown()
+        except redis.ConnectionError:
+            pass  # Redis closes the connection as it exits
+        assert wait_for("the stop to be recorded",
+                        lambda: (run / "redis" / "supervisor.exit").exists(), timeout=30)
+        assert ray.get(cluster.keeper().check_now.remote(), timeout=30) == ["stopped"]
+        assert answers() is None
+        cluster.redis.start()  # for the shutdown below, which stops it again
+    finally:
+        cluster.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()

@@ -121,6 +121,13 @@ class Cluster:
                       ray_address=address)
         cluster.password_file = str(password_record(cfg, run_dir, password))
         cluster.ray_head = head
+        if redis_server is not None:  # our own Redis: keep its supervisor up too
+            from ops.runtime.redis_keeper import start_keeper
+
+            servers = (redis_server.nodes if isinstance(redis_server, LocalRedisCluster)
+                       else [redis_server])
+            cluster.handles["redis-keeper"] = start_keeper(  # a handle keeps it alive
+                spec.namespace, [s.dir for s in servers], detached=detached)
         if placement_group is not None:  # a run inside a shared cluster (experiment --parallel)
             cluster.placement_group, cluster.shared = placement_group, True
         cluster.save_state()
@@ -209,6 +216,14 @@ class Cluster:
         import ray
 
         return ray.get_actor("learner", namespace=self.namespace)
+
+    def keeper(self):
+        """The keeper of this run's own Redis (ops/runtime/redis_keeper.py)."""
+        import ray
+
+        from ops.runtime.redis_keeper import NAME
+
+        return ray.get_actor(NAME, namespace=self.namespace)
 
     def _actor_set(self) -> str:
         return f"diswm:{self.namespace}:actors"
@@ -405,6 +420,10 @@ class Cluster:
             except ValueError:
                 pass
         finally:
+            try:  # before Redis stops: nothing may start it again
+                ray.kill(self.keeper(), no_restart=True)
+            except ValueError:
+                pass  # a run on a Redis it did not start has no keeper
             if not self.shared:  # a shared Ray and Redis outlive this run
                 ray.shutdown()
             if self.ray_head and (stop_ray if stop_ray is not None else self.detached):
