@@ -81,8 +81,13 @@ class WeightStore:
         self._version_key = f"diswm:{namespace}:{name}_version"
 
     def publish(self, version: int, state: Mapping[str, torch.Tensor]) -> tuple[int, float]:
-        """Store `state` as `version`; returns (bytes, seconds)."""
+        """Store `state` as `version`; returns (bytes, seconds). Refuses (`BadWeights`, nothing
+        stored) a state with a NaN or inf: the published version stays the last good one."""
         start = time.perf_counter()
+        for name, tensor in state.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise BadWeights(f"not publishing version {version}: tensor {name!r} is not "
+                                 "finite")
         record = encode_weights(version, state)
         if isinstance(self.client, redis.RedisCluster):
             # The two keys sit in different slots of a cluster: no transaction spans them. The

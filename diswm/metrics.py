@@ -86,6 +86,10 @@ ACTOR_STEP_DURATION = Histogram(
 # -- learner (label `namespace`: one per run) -----------------------------------------------------
 LEARNER_UPDATES = Counter(
     "diswm_learner_updates_total", "Gradient updates of the learner", ["namespace"])
+LEARNER_SKIPPED_UPDATES = Counter(
+    "diswm_learner_skipped_updates_total",
+    "Learner updates (or their actor-critic step) skipped: loss or gradients not finite",
+    ["namespace"])
 LEARNER_UPDATE_DURATION = Histogram(
     "diswm_learner_update_duration_seconds", "Time of one learner update", ["namespace"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))

@@ -43,7 +43,7 @@ from diswm.models.fastconv import set_fast
 from diswm.models.losses import distill_kl
 from diswm.models.nets import BetaVAEEncoder, preprocess_image, resolve_device
 from diswm.models.optim import Adam
-from diswm.models.precision import Group, backward_and_step, resolve_precision
+from diswm.models.precision import Group, resolve_precision, step_if_finite
 
 CHECKPOINT_FORMAT = "diswm-learner-v1"
 BATCH_KEYS = ("image", "action", "reward", "is_first", "is_terminal")
@@ -115,6 +115,7 @@ class Learner:
         self.opts = {"model": adam(self.wm, o.model_lr), "actor": adam(self.ac.actor, o.actor_lr),
                      "critic": adam(self.ac.critic, o.critic_lr)}
         self.updates = 0  # gradient updates done
+        self.skipped_updates = 0  # updates (or their behaviour step) skipped: loss not finite
         self.version = 0  # policy version: bumped by every update and set_weights
         self.agent_step = 0  # agent steps seen (drives eta)
         self.scheme = cfg.distraction.scheme  # colour scheme phase of the run
@@ -174,8 +175,14 @@ class Learner:
                                             data["image"], z_teacher)
             else:  # eta is 0 before a delayed start (Pusher): the term has no gradient
                 metrics["distill_grad_share"] = torch.zeros(())
-        norms = backward_and_step({"model": self._group("model", wm_loss, self.wm)},
-                                  self.cfg.optim.grad_clip)
+        norms, stepped = step_if_finite({"model": self._group("model", wm_loss, self.wm)},
+                                        self.cfg.optim.grad_clip)
+        if not stepped:  # a NaN/inf loss or gradient: nothing changes, the update is not done
+            self.skipped_updates += 1
+            self.log(f"update {self.updates + 1} skipped: the world model's loss or gradients "
+                     f"are not finite ({self.skipped_updates} skipped in all)")
+            return self._metrics(start_time, eta, metrics, norms, wm_losses, aux, wm_loss,
+                                 *self._no_behaviour(norms), skipped=True)
         if share is not None:
             enc = torch.stack([p.grad.float().norm() for p in self.wm.encoder.parameters()
                                if p.grad is not None]).norm()
@@ -187,20 +194,37 @@ class Learner:
             actor_losses, critic_losses, ac_metrics, actor_loss, critic_loss = (
                 self._behaviour_losses(aux, data))
             # One backward for both: their parameters and graphs are disjoint.
-            norms.update(backward_and_step({
+            ac_norms, stepped = step_if_finite({
                 "actor": self._group("actor", actor_loss, self.ac.actor),
                 "critic": self._group("critic", critic_loss, self.ac.critic)},
-                self.cfg.optim.grad_clip))
+                self.cfg.optim.grad_clip)
+            norms.update(ac_norms)
+            if not stepped:  # the world model stepped; the behaviour keeps its weights
+                self.skipped_updates += 1
+                self.log(f"update {self.updates + 1}: the actor-critic step is skipped, its "
+                         f"loss or gradients are not finite ({self.skipped_updates} skipped in "
+                         "all)")
         else:  # world-model warm-up: the behaviour's metrics are NaN (same columns every row)
-            nan = torch.full((), float("nan"))
-            actor_losses = dict.fromkeys(self.ac.actor_scales(), nan)
-            critic_losses = dict.fromkeys(self.ac.critic_scales(), nan)
-            actor_loss = critic_loss = nan
-            ac_metrics = dict.fromkeys(BEHAVIOUR_METRICS, nan)
-            norms.update({"actor": nan, "critic": nan})
-        metrics.update({f"{name}_grad_norm": norm for name, norm in norms.items()})
+            actor_losses, critic_losses, ac_metrics, actor_loss, critic_loss = (
+                self._no_behaviour(norms))
         self.updates += 1
         self.version += 1
+        return self._metrics(start_time, eta, metrics, norms, wm_losses, aux, wm_loss,
+                             actor_losses, critic_losses, ac_metrics, actor_loss, critic_loss,
+                             skipped=not stepped)
+
+    def _no_behaviour(self, norms: dict[str, Tensor]):
+        """The behaviour's metrics when it did not train this update (warm-up, or a skipped
+        update): NaN, so every row has the same columns."""
+        nan = torch.full((), float("nan"))
+        norms.update({"actor": nan, "critic": nan})
+        return (dict.fromkeys(self.ac.actor_scales(), nan),
+                dict.fromkeys(self.ac.critic_scales(), nan),
+                dict.fromkeys(BEHAVIOUR_METRICS, nan), nan, nan)
+
+    def _metrics(self, start_time, eta, metrics, norms, wm_losses, aux, wm_loss, actor_losses,
+                 critic_losses, ac_metrics, actor_loss, critic_loss, *, skipped: bool):
+        metrics.update({f"{name}_grad_norm": norm for name, norm in norms.items()})
         for prefix, terms in (("model", wm_losses), ("actor", actor_losses),
                               ("critic", critic_losses)):
             metrics.update({f"{prefix}/{k}": v for k, v in terms.items()})
@@ -213,6 +237,7 @@ class Learner:
         values = torch.stack([metrics[k].detach().float().reshape(()) for k in names]).tolist()
         out = dict(zip(names, values, strict=True))
         out.update({"eta": float(eta or 0.0), "updates": float(self.updates),
+                    "skipped": float(skipped), "skipped_updates": float(self.skipped_updates),
                     "update_seconds": time.perf_counter() - start_time})
         return out
 
@@ -396,7 +421,7 @@ class Learner:
             "optimizers": {name: opt.state_dict() for name, opt in self.opts.items()},
             "scalers": {name: sc.state_dict() for name, sc in self.scalers.items() if sc},
             "counters": {"updates": self.updates, "version": self.version,
-                         "agent_step": self.agent_step},
+                         "agent_step": self.agent_step, "skipped_updates": self.skipped_updates},
             "scheme": self.scheme, "rng": rng, "extra": dict(extra or {}),
         }
         path = Path(path)
@@ -428,6 +453,7 @@ class Learner:
         counters = payload["counters"]
         self.updates, self.version = int(counters["updates"]), int(counters["version"])
         self.agent_step = int(counters["agent_step"])
+        self.skipped_updates = int(counters.get("skipped_updates", 0))
         self.scheme = str(payload["scheme"])
         torch.set_rng_state(payload["rng"]["torch"])
         if "cuda" in payload["rng"] and torch.cuda.is_available():

@@ -125,6 +125,7 @@ class TrainLoop:
                                        remote=remote_evaluations)
         self.source: BatchSource | None = None
         self.last_metrics: dict[str, float] = {}
+        self.counters: Counters = {}  # the run's counters as the loop read them last
         self.started = time.perf_counter()
         self._rates: list[tuple[float, int, int]] = []  # (time, env steps, updates)
 
@@ -136,12 +137,12 @@ class TrainLoop:
         cfg, self.source = self.cfg, source
         end = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
         last_log = time.perf_counter()
-        counters = source.counters()
+        counters = self.counters = source.counters()
         try:
             while not (stop is not None and stop.is_set()):
                 if source.finished(end, counters, self.learner.updates):
                     break
-                counters = source.advance()
+                counters = self.counters = source.advance()
                 env_steps = counters["env_steps"]
                 if self.schedule.switch_due(env_steps, self.learner.scheme):
                     self.learner.scheme = cfg.distraction.switch_to
@@ -170,11 +171,11 @@ class TrainLoop:
         return self.finish()
 
     def update(self, batch: dict[str, np.ndarray], counters: Counters) -> dict[str, float]:
-        every = self.cfg.train.log_every
+        every, before = self.cfg.train.log_every, self.learner.updates
         out = self.learner.update(batch, agent_step=counters["agent_steps"],
                                   diagnostics=(self.learner.updates + 1) % every == 0)
         self.source.after_update(batch, out)
-        if self.learner.updates % every == 0:
+        if self.learner.updates != before and self.learner.updates % every == 0:
             append_csv(self.run_dir / "train.csv", {
                 "env_steps": counters["env_steps"], "agent_steps": counters["agent_steps"],
                 "updates": self.learner.updates, **{k: round(v, 6) for k, v in out.items()}})
@@ -238,9 +239,12 @@ class TrainLoop:
         self._rates.append((now, counters["env_steps"], self.learner.updates))
         del self._rates[:-6]  # the rates of the last few progress lines
         owed = self.source.owed_updates(counters) if self.source is not None else None
-        return progress_line(self.cfg.train.steps, counters["env_steps"], self.learner.updates,
+        line = progress_line(self.cfg.train.steps, counters["env_steps"], self.learner.updates,
                              owed, self._rates[0], self._rates[-1], self.last_metrics,
                              version=self.learner.version)
+        if self.learner.skipped_updates:
+            line += f"  ({self.learner.skipped_updates} updates skipped: loss not finite)"
+        return line
 
 
 def owed_updates(cfg: Config, agent_steps: int) -> int:

@@ -24,7 +24,7 @@ import numpy as np
 
 from diswm import metrics
 from diswm.agent.teacher import publish_teacher, stores_teacher_latents
-from diswm.broadcast import WeightStore
+from diswm.broadcast import BadWeights, WeightStore
 from diswm.config import Config
 from diswm.control import NamespaceLease, RunControl
 from diswm.runfolder import CHECKPOINT, append_episode, last_episode_id
@@ -59,9 +59,11 @@ class ReplaySource(BatchSource):
             # Before the first policy: the actors compute the teacher's latents from their
             # first stored step on (diswm/agent/teacher.py).
             publish_teacher(self.sampler.client, spec.namespace, learner.teacher)
+        self._published = -1
         self.publish()
         ns = spec.namespace
         self._m = {"updates": metrics.LEARNER_UPDATES.labels(ns),
+                   "skipped": metrics.LEARNER_SKIPPED_UPDATES.labels(ns),
                    "duration": metrics.LEARNER_UPDATE_DURATION.labels(ns),
                    "lag": metrics.LEARNER_POLICY_LAG.labels(ns),
                    "env_steps": metrics.LEARNER_ENV_STEPS.labels(ns),
@@ -73,8 +75,16 @@ class ReplaySource(BatchSource):
         self._initial_done = learner.updates > 0
 
     def publish(self) -> None:
+        """Publish the policy; weights that are not finite are never published (the actors keep
+        acting with the last good version) and the refusal is reported on the control plane."""
         version, state = self.learner.get_weights("policy")
-        _, seconds = self.weights.publish(version, state)
+        self._published = version
+        try:
+            _, seconds = self.weights.publish(version, state)
+        except BadWeights as err:
+            self.control.report_error("learner", str(err))
+            self.progress(f"learner: {err}")
+            return
         metrics.LEARNER_BROADCAST.labels(self.spec.namespace).observe(seconds)
         metrics.LEARNER_POLICY_VERSION.labels(self.spec.namespace).set(version)
 
@@ -126,6 +136,10 @@ class ReplaySource(BatchSource):
                 batch = self._prefetcher.get(timeout=5.0) or batch
 
     def after_update(self, batch: dict[str, np.ndarray], out: dict[str, float]) -> None:
+        if out.get("skipped"):
+            self._m["skipped"].inc()
+        if self.learner.version == self._published:
+            return  # the update was skipped: nothing changed, nothing to publish
         self._m["updates"].inc()
         self._m["duration"].observe(out["update_seconds"])
         for lag in self.learner.version - 1 - batch["policy_version"][:, -1]:
@@ -216,7 +230,10 @@ class LearnerService:
     def stats(self) -> dict[str, Any]:
         evals = self.loop.evals
         return {"updates": self.learner.updates, "version": self.learner.version,
-                "scheme": self.learner.scheme, "env_steps": self.control.counters()["env_steps"],
+                "skipped_updates": self.learner.skipped_updates,
+                # the counters the loop read last: a stats call never waits on Redis
+                "scheme": self.learner.scheme,
+                "env_steps": self.loop.counters.get("env_steps") if self.loop.counters else None,
                 "evaluations": len(evals),
                 "last_eval": evals[-1]["return_mean"] if evals else None}
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from replay_service.chunks import Chunk, ChunkBuilder, describe_schema_change
+from replay_service.chunks import Chunk, ChunkBuilder, check_finite, describe_schema_change
 from replay_service.index import ChunkInfo, SequenceIndex, assemble
 
 
@@ -55,6 +55,7 @@ class SequenceBuffer:
                 self.add_chunk(chunk)
 
     def add_chunk(self, chunk: Chunk) -> None:
+        check_finite(chunk)
         schema = {k: (v.dtype.name, v.shape[1:]) for k, v in sorted(chunk.data.items())}
         if self._schema is None:
             self._schema = schema

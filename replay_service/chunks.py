@@ -116,6 +116,18 @@ class ChunkBuilder:
         return chunk
 
 
+def check_finite(chunk: Chunk) -> None:
+    """Raise ValueError naming the first float field of `chunk` with a NaN or inf: every insert
+    path refuses them (one non-finite reward makes every later loss and gradient NaN)."""
+    for key in sorted(chunk.data):
+        value = chunk.data[key]
+        if value.dtype.kind in "fc":
+            bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+            if bad:
+                raise ValueError(f"stream {chunk.stream!r}, chunk {chunk.index}: field {key!r} "
+                                 f"has {bad} non-finite value(s); the chunk is not stored")
+
+
 def describe_schema_change(expected: Schema, got: Schema) -> str:
     for key in sorted(set(expected) | set(got)):
         if key not in got:

@@ -12,6 +12,7 @@ its capacity, and Redis refuses writes rather than silently dropping data if tha
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -131,6 +132,9 @@ class RedisServer:
                        "--dir", str(self.dir), "--executable", self.executable]
                 if self.follow_parent:
                     cmd += ["--parent", str(os.getpid())]
+                # How to start it again, for the keeper (replay_service/keeper.py).
+                (self.dir / "supervisor.cmd").write_text(json.dumps(
+                    {"cmd": cmd, "cwd": str(_REPO_ROOT)}))
             self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file,
                                           start_new_session=True, cwd=_REPO_ROOT)
         deadline = time.monotonic() + timeout

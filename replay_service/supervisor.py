@@ -9,6 +9,9 @@ doubles from 0.5 s to 5 s and resets once it has run for a minute; each restart 
 ``DIR/supervisor.log`` and counted in ``DIR/supervisor.restarts``. A clean exit (Redis's
 SHUTDOWN, which `RedisServer.stop` and `cluster down` send) ends the supervisor too; SIGTERM to
 the supervisor is passed on to redis-server (which then persists per its config) and ends both.
+Each of those ends writes ``DIR/supervisor.exit``; a supervisor killed outright (SIGKILL, with
+its Redis or not) leaves none, and the cluster's keeper (replay_service/keeper.py) starts it
+again from ``DIR/supervisor.cmd``.
 
 With ``--parent PID`` (a run's own Redis, which must not outlive the run) the supervisor follows
 the process that started it: once that process is gone, killed outright or crashed before it
@@ -34,16 +37,38 @@ def _log(directory: Path, message: str) -> None:
         f.write(f"{stamp} {message}\n")
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
 def _follow(parent: int, directory: Path, every: float = 1.0) -> None:
-    """SIGTERM to this process once `parent` is no longer its parent (it died: the orphan is
-    re-parented), which stops redis-server through the handler below."""
-    while os.getppid() == parent:
-        time.sleep(every)  # polling: Linux gives no portable event for a parent's death
+    """SIGTERM to this process once `parent` (the run that started Redis) is gone, which stops
+    redis-server through the handler below. Its liveness, not this process's parent: a
+    supervisor the keeper restarted (replay_service/keeper.py) follows the same run."""
+    while alive(parent):
+        time.sleep(every)  # polling: Linux gives no portable event for a process's death
     _log(directory, f"parent process {parent} is gone; stopping redis-server")
     os.kill(os.getpid(), signal.SIGTERM)
 
 
 def supervise(executable: str, conf: Path, directory: Path, parent: int = 0) -> int:
+    """Run and restart redis-server; every way out records why in ``supervisor.exit`` (a
+    supervisor that is gone without it was killed: the keeper starts it again)."""
+    # The pid first: a keeper that looks in between sees a live supervisor (or the old stop),
+    # never a dead pid without a stop, which would start a second one.
+    (directory / "supervisor.pid").write_text(f"{os.getpid()}\n")
+    (directory / "supervisor.exit").unlink(missing_ok=True)
+    code = _supervise(executable, conf, directory, parent)
+    (directory / "supervisor.exit").write_text(f"{code}\n")
+    return code
+
+
+def _supervise(executable: str, conf: Path, directory: Path, parent: int) -> int:
     stopping = False
     child: subprocess.Popen | None = None
 

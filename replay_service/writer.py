@@ -18,7 +18,7 @@ import redis
 from diswm import metrics
 from diswm.records import encode
 from replay_service.blocks import encode_chunk
-from replay_service.chunks import Chunk, ChunkBuilder, Schema, describe_schema_change
+from replay_service.chunks import Chunk, ChunkBuilder, Schema, check_finite, describe_schema_change
 from replay_service.scripts import INSERT_LUA, script_caller
 from replay_service.spec import ReplaySpec, _Backoff, connect
 
@@ -120,6 +120,13 @@ class ReplayWriter:
                 f"{self.spec.outage_window:g} s ({err}); its chunks are held") from None
 
     def insert_chunk(self, chunk: Chunk, force: bool = False) -> None:
+        """Store one closed chunk (what `add` cuts, or a caller's own); ValueError (counted as
+        rejected steps) for non-finite values or a schema the namespace does not hold."""
+        try:
+            check_finite(chunk)
+        except ValueError:
+            self._m_rejected.inc(chunk.length)
+            raise
         prefix = self.spec.shard_prefix(self._shard_for(chunk.stream))
         self._check_schema(chunk, prefix)
         if self.spec.block_steps:  # block record: samplers decode only the steps they use

@@ -71,7 +71,10 @@ def test_actor_refuses_a_bad_weights_record_and_keeps_acting(redis_server):
     assert good >= 0
     client = redis_server.client()
     key = f"diswm:{spec.namespace}:weights"
-    for record in (b"garbage" * 100, client.get(key)[:-100]):
+    _, state = learner.get_weights("policy")
+    nan_state = {**state, next(iter(state)): next(iter(state.values())) * float("nan")}
+    # Not through WeightStore.publish (it refuses NaN): as a foreign or older writer would.
+    for record in (b"garbage" * 100, client.get(key)[:-100], encode_weights(good + 1, nan_state)):
         client.set(key, record)
         client.incr(f"diswm:{spec.namespace}:weights_version")
         for _ in range(3):
@@ -82,8 +85,8 @@ def test_actor_refuses_a_bad_weights_record_and_keeps_acting(redis_server):
     for _ in range(3):
         worker.step()
     assert worker.policy.version == good
-    assert worker.weights_rejected == 3  # once per bad version, not once per poll
-    assert actor_metric("diswm_actor_weights_rejected_total", 41) == 3
+    assert worker.weights_rejected == 4  # once per bad version, not once per poll
+    assert actor_metric("diswm_actor_weights_rejected_total", 41) == 4
     store.publish(good + 6, learner.get_weights("policy")[1])  # a good record is taken again
     worker.step()
     assert worker.policy.version == good + 6

@@ -14,6 +14,7 @@ import uuid
 import numpy as np
 import pytest
 import ray
+import torch
 from support import wait_for
 
 from diswm.broadcast import WeightStore
@@ -203,6 +204,76 @@ def test_restarted_learner_resumes_from_its_checkpoint(cluster):
     assert RunControl(cluster.redis_client(), cluster.namespace).counters()["learner_restarts"] == 1
     updates = stats["updates"]
     wait_for("training to continue", lambda: learner_stats(cluster)["updates"] > updates)
+
+
+def test_a_non_finite_chunk_is_skipped_by_the_learner_and_surfaced(cluster, monkeypatch):
+    """One NaN reward in the replay (here from a writer without the finite check) made every
+    loss, gradient and weight NaN within 15 updates and crashed every actor. Now the learner
+    skips each update it poisons, publishes only finite weights, and the status says so."""
+    import replay_service.writer as writer_module
+    from replay_service.chunks import Chunk
+    from replay_service.client import ReplaySampler, ReplayWriter
+
+    sampler = ReplaySampler(cluster.spec)
+    seq = sampler.sample(1, cluster.spec.chunk_length)
+    sampler.close()
+    data = {k: np.ascontiguousarray(v[0]) for k, v in seq.items()}
+    data["is_first"][:] = False
+    data["is_first"][0] = True
+    data["is_last"][:] = False
+    data["reward"][2] = np.nan
+    monkeypatch.setattr(writer_module, "check_finite", lambda chunk: None)
+    writer = ReplayWriter(cluster.spec)
+    for index in range(8):  # eight poisoned chunks: some batch soon holds one
+        writer.insert_chunk(Chunk("foreign-0", index, {k: v.copy() for k, v in data.items()}),
+                            force=True)
+    writer.client.close()
+    stats = wait_for("the learner to skip a poisoned update",
+                     lambda: (s := learner_stats(cluster))["skipped_updates"] > 0 and s,
+                     timeout=240)
+    updates = stats["updates"]
+    wait_for("training to go on past the skipped update",
+             lambda: learner_stats(cluster)["updates"] > updates + 5)
+    _, weights = WeightStore(cluster.redis_client(), cluster.namespace).fetch()
+    assert all(bool(torch.isfinite(w).all()) for w in weights.values())
+    for name in cluster.actor_names():
+        assert actor_stats(cluster, name)["running"], name
+    problems = cluster.status()["problems"]
+    assert any("update(s) skipped because their loss or gradients were not finite" in p
+               for p in problems), problems
+
+
+def test_status_and_replay_check_answer_while_redis_hangs(cluster, capsys):
+    """With redis-server stopped (SIGSTOP), `cluster status` took 114 s and `replay check` 105 s
+    (60 s socket timeouts, retried, then 30 s per Ray call). Both must answer at once and say
+    that Redis is not responding. The bound is a hang guard, not a timing."""
+    from ops.cli import main
+
+    pid = cluster.redis.server_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        status = cluster.status()
+        status_seconds = time.monotonic() - start
+        start = time.monotonic()
+        code = main(["replay", "check", str(cluster.run_dir)])
+        check_seconds = time.monotonic() - start
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    err = capsys.readouterr().err
+    with capsys.disabled():
+        print(f"\nwhile Redis is stopped: cluster status {status_seconds:.1f} s, replay check "
+              f"{check_seconds:.1f} s")
+    assert status["healthy"] is False
+    assert any("is not responding" in p for p in status["problems"]), status["problems"]
+    assert status["learner"]["updates"] is not None  # the learner answers with what it knows
+    assert code != 0 and "diswm: error: redis at" in err and "is not responding" in err, err
+    assert status_seconds < 20 and check_seconds < 20, (status_seconds, check_seconds)
+    def answering():
+        st = cluster.status()
+        return st["replay"] is not None and not any("redis at" in p for p in st["problems"])
+
+    wait_for("Redis to answer again", answering, timeout=120)
 
 
 def test_actor_stop_flushes_partial_episodes(tmp_path):

@@ -135,6 +135,32 @@ def backward_and_step(groups: Mapping[str, Group], grad_clip: float) -> dict[str
     use the frozen slow critic); a test checks the gradients against separate backward passes.
     One pass also lets a compiled region that produces both losses run its backward once.
     """
+    norms = _backward_and_clip(groups, grad_clip)
+    _step(groups)
+    return norms
+
+
+def step_if_finite(groups: Mapping[str, Group],
+                   grad_clip: float) -> tuple[dict[str, Tensor], bool]:
+    """`backward_and_step`, except that no group steps when any group's loss, or the gradient
+    norm of a group without a grad scaler, is NaN or inf: the weights and optimizer states stay
+    exactly as they were (one bad batch must not make every weight NaN). Returns (norms,
+    stepped). Under fp16 an overflow of the scaled gradients is the scaler's to skip, as
+    before. Reading the verdict synchronises a GPU once per call."""
+    norms = _backward_and_clip(groups, grad_clip)
+    checks = [g.loss.detach().float().reshape(()) for g in groups.values()]
+    checks += [norms[name].float().reshape(()) for name, g in groups.items() if g.scaler is None]
+    if not bool(torch.isfinite(torch.stack(checks)).all()):
+        for g in groups.values():
+            g.opt.zero_grad(set_to_none=True)
+            if g.scaler is not None:
+                g.scaler.update()  # close this iteration's unscale_ (no step was taken)
+        return norms, False
+    _step(groups)
+    return norms, True
+
+
+def _backward_and_clip(groups: Mapping[str, Group], grad_clip: float) -> dict[str, Tensor]:
     for g in groups.values():
         g.opt.zero_grad(set_to_none=True)
     total = sum(g.loss if g.scaler is None else g.scaler.scale(g.loss) for g in groups.values())
@@ -145,9 +171,13 @@ def backward_and_step(groups: Mapping[str, Group], grad_clip: float) -> dict[str
             g.scaler.unscale_(g.opt)
         params = [p for p in g.params if p.grad is not None]
         norms[name] = torch.nn.utils.clip_grad_norm_(params, grad_clip).detach()
+    return norms
+
+
+def _step(groups: Mapping[str, Group]) -> None:
+    for g in groups.values():
         if g.scaler is None:
             g.opt.step()
         else:
             g.scaler.step(g.opt)  # skipped when the scaled gradients overflowed
             g.scaler.update()
-    return norms

@@ -34,6 +34,7 @@ from ops.runtime.ray_head import (
     use_ray_token,
 )
 from ops.runtime.redis_process import (
+    password_record,
     redis_maxmemory,
     redis_password,
     redis_pid,
@@ -69,6 +70,7 @@ class Cluster:
         # learner and actors go into this placement group, and shutdown leaves Ray and Redis.
         self.placement_group = None
         self.shared = False
+        self.password_file: str | None = None  # the file that holds the Redis password
 
     # -- creation ------------------------------------------------------------------------------
     @classmethod
@@ -117,7 +119,15 @@ class Cluster:
                          namespace=spec.namespace, log_to_driver=False)
         cluster = cls(cfg, run_dir, spec, detached=detached, redis=redis_server,
                       ray_address=address)
+        cluster.password_file = str(password_record(cfg, run_dir, password))
         cluster.ray_head = head
+        if redis_server is not None:  # our own Redis: keep its supervisor up too
+            from ops.runtime.redis_keeper import start_keeper
+
+            servers = (redis_server.nodes if isinstance(redis_server, LocalRedisCluster)
+                       else [redis_server])
+            cluster.handles["redis-keeper"] = start_keeper(  # a handle keeps it alive
+                spec.namespace, [s.dir for s in servers], detached=detached)
         if placement_group is not None:  # a run inside a shared cluster (experiment --parallel)
             cluster.placement_group, cluster.shared = placement_group, True
         cluster.save_state()
@@ -137,13 +147,15 @@ class Cluster:
 
         cfg = build_config(state["config"])
         # The password is not in the state file: it comes from where the run took it.
-        fields = {**state["spec"], "password": stored_password(cfg, run_dir)}
+        fields = {**state["spec"], "password": stored_password(cfg, run_dir,
+                                                                state.get("password_file"))}
         fields["cluster_nodes"] = tuple(fields.get("cluster_nodes", ()))
         spec = ReplaySpec(**fields)
         if not ray.is_initialized():
             ray_init(address=state["ray_address"], namespace=spec.namespace, log_to_driver=False)
         cluster = cls(cfg, run_dir, spec, detached=True, ray_address=state["ray_address"])
         cluster.redis_pid = state.get("redis_pid")
+        cluster.password_file = state.get("password_file")
         cluster.ray_head = state.get("ray_head")
         return cluster
 
@@ -152,7 +164,9 @@ class Cluster:
         spec.pop("password")  # secrets stay in their file or the environment
         state = {"config": self.cfg.to_dict(), "spec": spec, "ray_address": self.ray_address,
                  "redis_pid": redis_pid(self.redis),
-                 "ray_head": self.ray_head, "namespace": self.namespace}
+                 "ray_head": self.ray_head, "namespace": self.namespace,
+                 # where the password is (never the password): every later command finds it
+                 "password_file": self.password_file}
         path = self.run_dir / STATE_FILE
         fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -202,6 +216,14 @@ class Cluster:
         import ray
 
         return ray.get_actor("learner", namespace=self.namespace)
+
+    def keeper(self):
+        """The keeper of this run's own Redis (ops/runtime/redis_keeper.py)."""
+        import ray
+
+        from ops.runtime.redis_keeper import NAME
+
+        return ray.get_actor(NAME, namespace=self.namespace)
 
     def _actor_set(self) -> str:
         return f"diswm:{self.namespace}:actors"
@@ -286,6 +308,14 @@ class Cluster:
         self.refresh_targets()
         return self.actor_names()
 
+    def _ray_actor_names(self) -> list[str]:
+        """The run's actors as Ray names them (when Redis, which lists them, cannot answer)."""
+        import ray
+
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a.get("namespace") == self.namespace and re.fullmatch(r"actor-\d+", a["name"])]
+        return sorted(names, key=lambda n: int(n.split("-")[1]))
+
     def refresh_targets(self) -> Path:
         """Rewrite the Prometheus file_sd targets from the processes registered in Redis."""
         from diswm import telemetry
@@ -302,24 +332,21 @@ class Cluster:
         import redis
 
         from diswm.control import RunControl
-        from diswm.rediskit import connect
+        from diswm.rediskit import describe_failure, probe
 
         out: dict[str, Any] = {"run_dir": str(self.run_dir), "namespace": self.namespace,
                                "replay": None, "learner": None, "actors": []}
         problems: list[str] = []
-        try:
-            if self.spec.shards == 1:
-                quick = connect(self.spec.host, self.spec.port, self.spec.password,
-                                outage_window=1)
-                quick.ping()
-            else:
+        try:  # a probe first: a stopped or hung Redis is reported within seconds
+            quick = probe(self.spec.host, self.spec.port, self.spec.password, PROBE_TIMEOUT)
+            quick.ping()
+            if self.spec.shards > 1:
                 quick = replay_connect(replace(self.spec, outage_window=5))
             redis_up = True
         except redis.RedisError as err:
             redis_up = False
             since = _last_line(self.run_dir / "redis" / "supervisor.log")
-            problems.append(f"redis at {self.spec.host}:{self.spec.port} is unreachable "
-                            f"({type(err).__name__}: {err})"
+            problems.append(describe_failure(self.spec.host, self.spec.port, err, PROBE_TIMEOUT)
                             + (f"; its supervisor's last event: {since}" if since else ""))
         if redis_up:
             sampler = ReplaySampler(self.spec)
@@ -334,24 +361,41 @@ class Cluster:
             errors = RunControl(quick, self.namespace).errors()
             out["errors"] = errors
             problems += [f"{role}: {message}" for role, message in sorted(errors.items())]
+        # Every role at once, with one deadline: a role that does not answer is named, and
+        # the status never waits on them one after the other.
+        calls: dict[str, Any] = {}
         try:
-            out["learner"] = ray.get(self.learner().stats.remote(), timeout=30)
-            if out["learner"].get("failed"):
-                problems.append(f"learner: {out['learner']['error']}")
+            calls["learner"] = self.learner().stats.remote()
         except ValueError:
             problems.append("learner: not running")
-        except Exception as err:  # noqa: BLE001 - report, do not fail the status
-            problems.append(f"learner: unreachable ({type(err).__name__})")
-        for name in self.actor_names() if redis_up else []:
+        for name in self.actor_names() if redis_up else self._ray_actor_names():
             try:
-                stats = ray.get(ray.get_actor(name, namespace=self.namespace).stats.remote(),
-                                timeout=30)
-                if stats.get("failed"):
-                    problems.append(f"{name}: {stats['failed']}")
-            except Exception as err:  # noqa: BLE001 - report, do not fail the status
-                stats = {"name": name, "error": f"{type(err).__name__}: {err}"[:300]}
-                problems.append(f"{name}: unreachable ({type(err).__name__})")
-            out["actors"].append(stats)
+                calls[name] = ray.get_actor(name, namespace=self.namespace).stats.remote()
+            except ValueError:
+                continue  # gone since it was listed
+        replies = _gather(calls, timeout=STATS_TIMEOUT)
+        for name, reply in replies.items():
+            if isinstance(reply, BaseException):
+                why = (f"no answer within {STATS_TIMEOUT:g} s"
+                       if isinstance(reply, ray.exceptions.GetTimeoutError)
+                       else type(reply).__name__)
+                problems.append(f"{name}: unreachable ({why})")
+                if name != "learner":
+                    out["actors"].append({"name": name, "error": f"{type(reply).__name__}: "
+                                                                 f"{reply}"[:300]})
+                continue
+            if name == "learner":
+                out["learner"] = reply
+                if reply.get("failed"):
+                    problems.append(f"learner: {reply['error']}")
+                if skipped := reply.get("skipped_updates"):
+                    problems.append(f"learner: {skipped} update(s) skipped because their loss "
+                                    "or gradients were not finite (non-finite data in the "
+                                    "replay, or divergence; see the learner's log)")
+            else:
+                if reply.get("failed"):
+                    problems.append(f"{name}: {reply['failed']}")
+                out["actors"].append(reply)
         out["problems"] = list(dict.fromkeys(problems))  # each once, in order
         out["healthy"] = not out["problems"]
         out["metrics_targets"] = str(self.run_dir / "prometheus" / "targets.json")
@@ -376,6 +420,10 @@ class Cluster:
             except ValueError:
                 pass
         finally:
+            try:  # before Redis stops: nothing may start it again
+                ray.kill(self.keeper(), no_restart=True)
+            except ValueError:
+                pass  # a run on a Redis it did not start has no keeper
             if not self.shared:  # a shared Ray and Redis outlive this run
                 ray.shutdown()
             if self.ray_head and (stop_ray if stop_ray is not None else self.detached):
@@ -397,6 +445,32 @@ def _cause(err: BaseException) -> str:
              if ln.strip() and not ln.strip().startswith(("File ", "^", "~"))]
     errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Held|Failed):", ln)]
     return (errors[-1] if errors else one_line(text))[:400]
+
+
+PROBE_TIMEOUT = 2.0  # seconds Redis has to answer `cluster status`'s probe
+STATS_TIMEOUT = 10.0  # seconds every role together has to answer `cluster status`
+
+
+def _gather(calls: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Ray object refs by name -> their values, or the exception each raised; refs not ready
+    within `timeout` seconds (all together) get GetTimeoutError."""
+    import ray
+
+    if not calls:
+        return {}
+    refs = list(calls.values())
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    ready = set(ready)
+    out: dict[str, Any] = {}
+    for name, ref in calls.items():
+        if ref not in ready:
+            out[name] = ray.exceptions.GetTimeoutError(f"{name} did not answer")
+            continue
+        try:
+            out[name] = ray.get(ref, timeout=1)
+        except Exception as err:  # noqa: BLE001 - report, do not fail the status
+            out[name] = err
+    return out
 
 
 def _last_line(path: Path) -> str:

@@ -137,6 +137,7 @@ def cmd_replay_check(args: argparse.Namespace, cfg) -> int:
     import redis
 
     from diswm.config import build_config
+    from diswm.rediskit import describe_failure, probe
     from ops.runtime.cluster import STATE_FILE
     from ops.runtime.redis_process import stored_password
     from replay_service.check import check_replay
@@ -151,16 +152,19 @@ def cmd_replay_check(args: argparse.Namespace, cfg) -> int:
         state = json.loads(state_path.read_text())
         cfg = build_config(state["config"])
         spec = ReplaySpec(**{k: v for k, v in state["spec"].items() if k != "password"},
-                          password=stored_password(cfg, run))
+                          password=stored_password(cfg, run, state.get("password_file")))
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{state_path} is not a cluster state file ({err})"[:300]) from None
     try:
+        # A probe first: a stopped or hung Redis is reported within seconds, not minutes.
+        probe(spec.host, spec.port, spec.password, timeout=2.0).ping()
         # One Redis or a cluster's nodes; a node that is down fails at once (it is reported).
-        client = connect(replace(spec, outage_window=1), fail_fast=True)
+        client = (probe(spec.host, spec.port, spec.password, timeout=30.0) if spec.shards == 1
+                  else connect(replace(spec, outage_window=1), fail_fast=True))
         report = check_replay(client, spec)
-    except redis.ConnectionError:
-        raise ValueError(f"redis at {spec.host}:{spec.port} is unreachable: is the cluster "
-                         "up?") from None
+    except redis.RedisError as err:
+        hint = "" if isinstance(err, redis.TimeoutError) else ": is the cluster up?"
+        raise ValueError(describe_failure(spec.host, spec.port, err, 2.0) + hint) from None
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -40,8 +40,44 @@ def redis_password(cfg: Config) -> str:
     return ""
 
 
-def stored_password(cfg: Config, run_dir: Path) -> str:
-    """The password of a run's Redis, from the same source the run took it from."""
+def password_record(cfg: Config, run_dir: Path, password: str) -> Path:
+    """The file that holds a run's Redis password, recorded (as a path, never the secret) in
+    its state file so that every later command on the run folder finds it from any shell and
+    any directory: `replay.password_file` as an absolute path; a password from
+    $DISWM_REDIS_PASSWORD copied into the run's private folder (``redis.password``, mode 0600,
+    where a generated one lives too); a generated one where it was generated."""
+    if os.environ.get("DISWM_REDIS_PASSWORD", "").strip():
+        path = run_dir / "redis.password"
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password + "\n")
+        os.replace(tmp, path)
+        return path
+    if cfg.replay.password_file:
+        return Path(cfg.replay.password_file).expanduser().resolve()
+    for path in (run_dir / "redis" / "redis.password", run_dir / "redis.password"):
+        if path.exists() and path.read_text().strip() == password:
+            return path
+    raise ValueError(f"the Redis password of {run_dir} is in no file")
+
+
+def stored_password(cfg: Config, run_dir: Path, recorded: str | None = None) -> str:
+    """The password of a run's Redis: $DISWM_REDIS_PASSWORD when set, else the file its state
+    recorded (`password_record`), else where the run's config says it took it from."""
+    env = os.environ.get("DISWM_REDIS_PASSWORD", "").strip()
+    if env:
+        return env
+    if recorded:
+        path = Path(recorded)
+        try:
+            text = path.read_text().strip()
+        except OSError as err:
+            raise ValueError(f"the Redis password of {run_dir} is kept in {path}, which cannot "
+                             f"be read ({err.strerror or err})") from None
+        if text:
+            return text
+        raise ValueError(f"the Redis password file {path} of {run_dir} is empty")
     password = redis_password(cfg)
     if password:
         return password
