@@ -275,6 +275,11 @@ class RuntimeConfig:
     # multi-machine clusters so one Prometheus can scrape them all.
     metrics_host: str = "127.0.0.1"
     run_dir: str = "runs"
+    # Where a run's files persist for every node (diswm/storage.py): a path every node mounts,
+    # or an fsspec URI. "" writes the run folder directly (one machine, or a run folder every
+    # node mounts at the same path). The learner then works in node-local scratch and pushes
+    # its checkpoints and logs here; a learner Ray restarts on another node resumes from them.
+    storage: str = ""
     # A role (actor, learner) that crashes this many times in a row with the same cause within
     # 10 minutes stops restarting and surfaces the error (cluster status, diswm run); before
     # that, each restart waits a backoff doubling from 1 s to 60 s.

@@ -15,6 +15,7 @@ equals a local one, and evaluating inside a process never moves that process's r
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,9 +67,15 @@ class Evaluator:
             torch.manual_seed(snapshot["seed"])
             returns, recording = evaluate_recorded(cfg, learner, cfg.train.eval_episodes, scheme,
                                                    seed=snapshot["seed"])
-            openl = open_loop_eval(learner, recording, self.run_dir, env_steps,
-                                   f"{cfg.env.task}, env step {env_steps}, scheme {scheme}, "
-                                   f"{snapshot['updates']} updates")
+            # The image travels back with the row (OPENLOOP_PNG) and the learner writes it into
+            # the run folder: this actor may run on a node that does not see it.
+            with tempfile.TemporaryDirectory(prefix="diswm-eval-") as tmp:
+                openl = open_loop_eval(learner, recording, Path(tmp), env_steps,
+                                       f"{cfg.env.task}, env step {env_steps}, scheme {scheme}, "
+                                       f"{snapshot['updates']} updates")
+                png = Path(tmp) / openloop_name(env_steps)
+                if png.exists():
+                    openl[OPENLOOP_PNG] = png.read_bytes()
         return {"eval_step": snapshot["point"], "env_steps": env_steps,
                 "updates": snapshot["updates"], "scheme": scheme,
                 "return_mean": float(np.mean(returns)), "return_min": float(np.min(returns)),
@@ -156,13 +163,22 @@ def ensure_random_reference(cfg: Config, run_dir: Path, episodes: int = 10,
     return ref
 
 
+#: The key of an evaluation result that carries its open-loop image (PNG bytes); never a column.
+OPENLOOP_PNG = "openloop_png"
+
+
+def openloop_name(env_steps: int) -> str:
+    """An open-loop image's path in the run folder."""
+    return f"openloop/openloop_{env_steps}.png"
+
+
 def open_loop_eval(learner: Learner, recording: dict[str, np.ndarray] | None, run_dir: Path,
                    env_steps: int, title: str) -> dict[str, float | None]:
     """Open-loop diagnostics of the learner's world model on an eval recording: writes
     ``openloop/openloop_<env_steps>.png`` in the run folder and returns the eval row's columns
     ``openl_image_mse`` and ``openl_reward_mae`` (None when the episode was too short)."""
     report = open_loop_report(learner.wm, recording,
-                              run_dir / "openloop" / f"openloop_{env_steps}.png", title)
+                              run_dir / openloop_name(env_steps), title)
     if report is None:
         return {"openl_image_mse": None, "openl_reward_mae": None}
     return {"openl_image_mse": round(report["openl_image_mse"], 6),
@@ -193,14 +209,11 @@ class Evaluations:
 
     def _start_actor(self):
         import ray
-        from ray.util import get_current_placement_group
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        # On the learner's node where it fits: it writes open-loop images into the run folder.
+        # Wherever a CPU is free (Ray's default placement prefers the learner's node): its
+        # open-loop images come back with the rows. A node affinity, even a soft one, would
+        # wait for the learner's node while that node is full, and no evaluation would run.
         opts = {"num_cpus": 1, "max_restarts": 2, "max_task_retries": 1, "max_concurrency": 1}
-        if get_current_placement_group() is None:  # in a run's placement group it joins that
-            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
-                ray.get_runtime_context().get_node_id(), soft=True)
         return ray.remote(Evaluator).options(**opts).remote(
             self.cfg.to_dict(), self.action_dim, str(self.run_dir), 1)
 
@@ -237,6 +250,11 @@ class Evaluations:
                              f"evaluating env step {snapshot['env_steps']} here")
                     row = self._here(snapshot)
             self.pending.pop(0)
+            png = row.pop(OPENLOOP_PNG, None)
+            if png is not None:
+                path = self.run_dir / openloop_name(row["env_steps"])
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(png)
             rows.append({**row, "wall_seconds": round(snapshot["wall_seconds"], 3)})
         return rows
 

@@ -88,6 +88,10 @@ class BatchSource:
     def on_checkpoint(self) -> None:
         """A checkpoint was written."""
 
+    def saved(self) -> None:
+        """The run folder's files changed (a checkpoint, a summary): persist them where the run
+        keeps them (distributed with a storage: push them, diswm/storage.py)."""
+
     def close(self) -> None:
         """The loop ended (a prefetcher's thread or processes stop here)."""
 
@@ -101,7 +105,8 @@ class BatchSource:
 class TrainLoop:
     def __init__(self, cfg: Config, run_dir: str | Path, action_dim: int, *, resume: bool,
                  progress: Callable[[str], None] = print,
-                 log: Callable[[str], None] | None = None, remote_evaluations: bool = False):
+                 log: Callable[[str], None] | None = None, remote_evaluations: bool = False,
+                 pretrained: dict | None = None):
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         log = log or progress
         private_dir(self.run_dir)
@@ -120,7 +125,8 @@ class TrainLoop:
                 self.evals = json.loads(summary.read_text()).get("evaluations", [])
             log(f"resumed from {ckpt} at update {self.learner.updates}")
         else:
-            self.learner = Learner(cfg, action_dim, log=log)
+            self.learner = Learner(cfg, action_dim, pretrained=pretrained, log=log)
+        self.resumed_at = self.learner.updates if resume else None  # updates of the checkpoint
         self.evaluations = Evaluations(cfg, action_dim, self.run_dir, submitted=len(self.evals),
                                        remote=remote_evaluations)
         self.source: BatchSource | None = None
@@ -222,17 +228,21 @@ class TrainLoop:
             "counters": dict(counters), "schedule": self.schedule.state()})
         if self.source is not None:
             self.source.on_checkpoint()
+            self.source.saved()
 
     def write_summary(self) -> dict[str, Any]:
         fields = {}
         if self.source is not None:
             self.source.sync()
             fields = self.source.summary_fields()
-        return write_summary(
+        summary = write_summary(
             self.run_dir, self.cfg, self.evals, updates=self.learner.updates,
             policy_version=self.learner.version, scheme=self.learner.scheme,
             teacher=self.learner.teacher is not None,
             wall_seconds=time.perf_counter() - self.started, **fields)
+        if self.source is not None:
+            self.source.saved()
+        return summary
 
     def status_line(self, counters: Counters) -> str:
         now = time.perf_counter()

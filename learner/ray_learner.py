@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 import traceback
@@ -23,6 +24,8 @@ from typing import Any
 from diswm import telemetry
 from diswm.config import build_config
 from diswm.control import NamespaceHeld, RunControl
+from diswm.runfolder import CHECKPOINT, private_dir
+from diswm.storage import RunStorage, scratch_dir
 from diswm.supervision import CrashLedger, one_line, ray_node_id
 from replay_service.client import ReplaySpec, connect
 
@@ -31,12 +34,16 @@ log = logging.getLogger(__name__)
 
 class LearnerActor:
     def __init__(self, cfg_dict: dict, spec: ReplaySpec, run_dir: str, action_dim: int,
-                 host: str = "127.0.0.1"):
+                 host: str = "127.0.0.1", storage_name: str = ""):
         import torch
 
         self.cfg = build_config(cfg_dict)
         torch.set_num_threads(self.cfg.runtime.learner_cpus)  # Ray sets OMP threads to num_cpus
-        self.run_dir = Path(run_dir)
+        self.run_dir = Path(run_dir)  # the driver's run folder: written here only without storage
+        # With runtime.storage the learner works in this node's scratch and the storage keeps
+        # the run's files (diswm/storage.py): on any node it resumes from its last checkpoint.
+        self.storage = RunStorage.for_run(self.cfg.runtime.storage, storage_name)
+        self.work_dir = scratch_dir(storage_name) if self.storage else self.run_dir
         self.lines: list[str] = []
         self.summary: dict[str, Any] | None = None
         self.error: str | None = None
@@ -76,7 +83,7 @@ class LearnerActor:
         self.metrics_port = telemetry.serve_metrics(host)
         telemetry.register(client, spec.namespace, "learner",
                            telemetry.advertised(host, self.metrics_port))
-        self._targets_file = self.run_dir / "prometheus" / "targets.json"
+        self._targets_file = self.work_dir / "prometheus" / "targets.json"
         self.refresh_targets()
         self._started = time.monotonic()
         self._go.set()
@@ -85,8 +92,11 @@ class LearnerActor:
         from learner.service import LearnerService
 
         try:
-            self.service = LearnerService(self.cfg, spec, self.run_dir, action_dim,
-                                          progress=self._progress)
+            if self.storage is not None:
+                self._pull()
+            self.service = LearnerService(self.cfg, spec, self.work_dir, action_dim,
+                                          progress=self._progress, owner=str(self.run_dir),
+                                          storage=self.storage)
         except NamespaceHeld as err:  # another live run: refused, not a crash to retry
             self._build_error = err
         except Exception as err:  # noqa: BLE001 - a failed restart counts as a crash of its cause
@@ -99,6 +109,16 @@ class LearnerActor:
         if self._build_error is None:
             self._go.wait()
             self._loop()
+
+    def _pull(self) -> None:
+        """Fresh scratch with the run's files from the storage (it holds the truth: scratch a
+        learner left on this node may be older, or another run's)."""
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        private_dir(self.work_dir)
+        got = self.storage.pull(self.work_dir)
+        self._progress(f"learner: working in {self.work_dir} on node {ray_node_id()}; "
+                       f"{len(got)} file(s) from {self.storage.uri}"
+                       + (" (a checkpoint among them)" if str(CHECKPOINT) in got else ""))
 
     def _crashed(self, text: str) -> None:
         log.error("learner crashed:\n%s", text)
@@ -146,7 +166,8 @@ class LearnerActor:
         return {**base, "pid": os.getpid(),
                 "loop_tid": self._thread.native_id if self._thread is not None else None,
                 "metrics_port": self.metrics_port, "running": self.done() is False,
-                "error": self.error, "failed": self.failed, "node": ray_node_id()}
+                "error": self.error, "failed": self.failed, "node": ray_node_id(),
+                "work_dir": str(self.work_dir)}
 
     def progress_lines(self, start: int = 0) -> list[str]:
         return self.lines[start:]

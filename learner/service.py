@@ -23,14 +23,15 @@ from typing import Any
 import numpy as np
 
 from diswm import metrics
-from diswm.agent.teacher import publish_teacher, stores_teacher_latents
+from diswm.agent.teacher import fetch_pretrained, publish_teacher, stores_teacher_latents
 from diswm.broadcast import BadWeights, WeightStore
 from diswm.config import Config
 from diswm.control import NamespaceLease, RunControl
 from diswm.runfolder import CHECKPOINT, append_episode, last_episode_id
+from diswm.storage import RunStorage
 from learner.learner import Learner
 from learner.loop import BatchSource, Counters, TrainLoop, owed_updates
-from replay_service.client import Prefetcher, ReplaySampler, ReplaySpec
+from replay_service.client import Prefetcher, ReplaySampler, ReplaySpec, connect
 from replay_service.workers import SamplerPool
 
 
@@ -40,13 +41,14 @@ class ReplaySource(BatchSource):
     every update, the namespace's lease kept while the loop runs."""
 
     def __init__(self, cfg: Config, spec: ReplaySpec, run_dir: Path, learner: Learner, *,
-                 resumed: bool, progress: Callable[[str], None]):
+                 resumed: bool, progress: Callable[[str], None], owner: str | None = None,
+                 storage: RunStorage | None = None):
         self.cfg, self.spec, self.run_dir, self.learner = cfg, spec, run_dir, learner
-        self.progress = progress
+        self.progress, self.storage = progress, storage
         self.sampler = ReplaySampler(spec, seed=cfg.train.seed + learner.updates)
         # One live run per namespace: a second run would mix its weights and counters into ours.
         self.lease = NamespaceLease(self.sampler.client, spec.namespace,
-                                    owner=str(run_dir.resolve()))
+                                    owner=owner or str(run_dir.resolve()))
         self.lease.acquire()
         self._lease_kept = time.monotonic()
         self.weights = WeightStore(self.sampler.client, spec.namespace)
@@ -175,6 +177,15 @@ class ReplaySource(BatchSource):
         if self.cfg.replay.persistence == "snapshot":
             self.sampler.snapshot()
 
+    def saved(self) -> None:
+        if self.storage is None:
+            return
+        try:
+            self.storage.push(self.run_dir)
+        except Exception as err:  # noqa: BLE001 - any backend's failure: retried at the next save
+            self.progress(f"learner: could not push the run's files to {self.storage.uri}: "
+                          f"{type(err).__name__}: {err}"[:300])
+
     def summary_fields(self) -> dict[str, Any]:
         return {"namespace": self.spec.namespace, "counters": self.control.counters(),
                 "replay": self.sampler.stats()}
@@ -197,20 +208,29 @@ class LearnerService:
     checkpoint when there is one)."""
 
     def __init__(self, cfg: Config, spec: ReplaySpec, run_dir: str | Path, action_dim: int, *,
-                 progress: Callable[[str], None] = print):
+                 progress: Callable[[str], None] = print, owner: str | None = None,
+                 storage: RunStorage | None = None):
+        """`run_dir`: where the learner writes (the run folder, or node-local scratch that
+        `storage` persists); `owner`: the run's identity on its namespace lease (the driver's
+        run folder; default `run_dir`)."""
         self.cfg, self.spec, self.run_dir = cfg, spec, Path(run_dir)
         self.progress = progress
         remote = bool(cfg.runtime.eval_actor and _in_ray())  # Evaluations: none without episodes
-        self.loop = TrainLoop(cfg, self.run_dir, action_dim,
-                              resume=(self.run_dir / CHECKPOINT).exists(), progress=progress,
+        resume = (self.run_dir / CHECKPOINT).exists()
+        pretrained = None
+        if not resume and cfg.distill.teacher and (cfg.distill.enabled or cfg.distill.finetune):
+            # The driver published the teacher's weights: no path of its machine is read here.
+            pretrained = fetch_pretrained(connect(spec), spec.namespace)
+        self.loop = TrainLoop(cfg, self.run_dir, action_dim, resume=resume, progress=progress,
                               log=lambda msg: progress(f"learner: {msg}"),
-                              remote_evaluations=remote)
+                              remote_evaluations=remote, pretrained=pretrained)
         self.learner = self.loop.learner
         if cfg.train.compile:  # before any actor inserts: a cold compile takes minutes
             self.progress("learner: compiling the hot paths before the actors start")
             self.learner.warm_up()
         self.source = ReplaySource(cfg, spec, self.run_dir, self.learner,
-                                   resumed=self.loop.resumed, progress=progress)
+                                   resumed=self.loop.resumed, progress=progress, owner=owner,
+                                   storage=storage)
         self.loop.source = self.source
         self.sampler, self.lease, self.control = (self.source.sampler, self.source.lease,
                                                   self.source.control)
@@ -231,6 +251,7 @@ class LearnerService:
         evals = self.loop.evals
         return {"updates": self.learner.updates, "version": self.learner.version,
                 "skipped_updates": self.learner.skipped_updates,
+                "resumed_at": self.loop.resumed_at,  # the checkpoint's updates; None: fresh
                 # the counters the loop read last: a stats call never waits on Redis
                 "scheme": self.learner.scheme,
                 "env_steps": self.loop.counters.get("env_steps") if self.loop.counters else None,

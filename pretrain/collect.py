@@ -16,7 +16,9 @@ same way in every run.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,11 +33,12 @@ from pretrain.video_shards import (
     FORMAT,
     MANIFEST,
     CorruptShard,
+    encode_shard,
     read_manifest,
     shard_name,
     shard_seed,
+    store_shard,
     write_manifest,
-    write_shard,
 )
 
 #: Manifest keys that must match for a folder to be resumed.
@@ -63,20 +66,28 @@ def plan_shards(first_index: int, frames: int, frames_per_episode: int, episodes
     return specs
 
 
-def collect_shard(cfg_dict: Mapping[str, Any], task: str, folder: str, spec: ShardSpec,
-                  policy_path: str, codec: str) -> dict[str, Any]:
-    """Run one shard's episodes and write its file; returns the manifest entry. This is the body
-    of a Ray task and of the in-process path alike."""
+def collect_shard(cfg_dict: Mapping[str, Any], task: str, spec: ShardSpec,
+                  policy: str | bytes, codec: str) -> tuple[bytes, dict[str, Any]]:
+    """Run one shard's episodes; returns its encoded file and manifest entry, which the driver
+    stores (`store_shard`): a collector on another node writes nothing on its own disk. This
+    is the body of a Ray task and of the in-process path alike. `policy` is a checkpoint's path
+    (in process), its bytes (a Ray task on any node), or empty (the random policy)."""
     cfg = build_config(cfg_dict)
-    if policy_path:
+    if policy:
         import torch
 
         torch.set_num_threads(1)
-    with make_env(cfg.env, cfg.distraction, seed=spec.seed, task=task) as env:
-        act = (CheckpointPolicy(policy_path, seed=spec.seed) if policy_path
+    with contextlib.ExitStack() as stack:
+        if isinstance(policy, bytes):  # a safe load needs a file: a private one, removed after
+            tmp = stack.enter_context(tempfile.NamedTemporaryFile(suffix=".pt"))
+            tmp.write(policy)
+            tmp.flush()
+            policy = tmp.name
+        env = stack.enter_context(make_env(cfg.env, cfg.distraction, seed=spec.seed, task=task))
+        act = (CheckpointPolicy(policy, seed=spec.seed) if policy
                else RandomPolicy(env.act_space.shape, seed=spec.seed))
         episodes = [run_episode(env, act) for _ in range(spec.episodes)]
-    return write_shard(folder, spec.index, spec.seed, concat_episodes(episodes), codec)
+    return encode_shard(spec.index, spec.seed, concat_episodes(episodes), codec)
 
 
 def _probe(cfg: Config, task: str, policy: str | None) -> dict[str, Any]:
@@ -159,16 +170,17 @@ def collect(cfg: Config, out: str | Path, *, task: str | None = None, frames: in
     eps, fpe = cfg.pretrain.episodes_per_shard, info["frames_per_episode"]
     planned = plan_shards(0, frames, fpe, eps, cfg.pretrain.seed)
     setup_start = time.perf_counter()
-    runner = _RayRunner(workers) if workers > 0 else None
+    runner = _RayRunner(workers, cfg.runtime.actor_resource_map()) if workers > 0 else None
     start, new_frames = time.perf_counter(), 0
     try:
         while True:
             todo = [s for s in planned if s.index not in done]
-            args = (cfg.to_dict(), task, str(folder))
+            args = (cfg.to_dict(), task)
             results = (runner.run(todo, args, policy_path, cfg.pretrain.compression) if runner
                        else (collect_shard(*args, s, policy_path, cfg.pretrain.compression)
                              for s in todo))
-            for entry in results:
+            for data, entry in results:
+                entry = store_shard(folder, data, entry)
                 done[entry["index"]] = entry
                 new_frames += entry["frames"]
                 manifest["shards"] = list(done.values())
@@ -198,9 +210,11 @@ def collect(cfg: Config, out: str | Path, *, task: str | None = None, frames: in
 
 class _RayRunner:
     """Shards as Ray tasks on a local Ray (or the one already initialised), at most 2 per worker
-    in flight; results are yielded as they complete (any order)."""
+    in flight; results are yielded as they complete (any order). A task returns its shard's
+    bytes through Ray's object store, so it may run on any node; on a cluster the driver joined,
+    tasks ask for the actors' custom resources (runtime.actor_resources) and go where they go."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, resources: Mapping[str, float] | None = None):
         import ray
 
         self._ray = ray
@@ -211,13 +225,18 @@ class _RayRunner:
             # address="local": our own instance, never a stray cluster this machine last ran
             signals.ray_init(address="local", num_cpus=workers, include_dashboard=False,
                              logging_level=logging.WARNING, log_to_driver=False)
-        self._remote = ray.remote(num_cpus=1, max_retries=2)(collect_shard)
+        opts: dict[str, Any] = {"num_cpus": 1, "max_retries": 2}
+        if resources and not self._started:
+            opts["resources"] = dict(resources)
+        self._remote = ray.remote(**opts)(collect_shard)
         self._in_flight = 2 * workers
 
-    def run(self, specs, args, policy_path: str, codec: str):
+    def run(self, specs, args, policy_path, codec: str):
         ray = self._ray
         pending: dict[Any, ShardSpec] = {}
         queue = list(specs)
+        if policy_path:  # the checkpoint travels, not its path: a node may lack the file
+            policy_path = ray.put(Path(policy_path).read_bytes())
         while queue or pending:
             while queue and len(pending) < self._in_flight:
                 spec = queue.pop(0)

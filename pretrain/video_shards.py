@@ -16,6 +16,7 @@ compressed payload with a CRC.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from diswm import records
-from diswm.rollout import STEP_KEYS, file_digest, split_episodes
+from diswm.rollout import STEP_KEYS, split_episodes
 
 MANIFEST = "manifest.json"
 FORMAT = "diswm-pretrain-shards-v1"
@@ -59,18 +60,32 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def write_shard(folder: str | Path, index: int, seed: int, arrays: Mapping[str, np.ndarray],
-                codec: str = "lz4") -> dict[str, Any]:
-    """Write one shard atomically; returns its manifest entry."""
+def encode_shard(index: int, seed: int, arrays: Mapping[str, np.ndarray],
+                 codec: str = "lz4") -> tuple[bytes, dict[str, Any]]:
+    """One shard's file bytes and its manifest entry (without "bytes" and "checksum", which
+    `store_shard` adds). A collector on any node encodes; the driver stores."""
     missing = [k for k in STEP_KEYS if k not in arrays]
     if missing:
         raise ValueError(f"shard {index}: missing fields {missing}")
     episodes = split_episodes(arrays)
-    path = Path(folder) / shard_name(index)
-    _atomic_write(path, records.encode(dict(arrays), codec))
-    return {"index": int(index), "file": path.name, "frames": int(len(arrays["is_first"])),
-            "episodes": len(episodes), "seed": int(seed), "bytes": path.stat().st_size,
-            "checksum": file_digest(path)}
+    data = records.encode(dict(arrays), codec)
+    return data, {"index": int(index), "file": shard_name(index),
+                  "frames": int(len(arrays["is_first"])), "episodes": len(episodes),
+                  "seed": int(seed)}
+
+
+def store_shard(folder: str | Path, data: bytes, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """Write an encoded shard atomically into `folder`; returns its full manifest entry."""
+    path = Path(folder) / shard_name(int(entry["index"]))
+    _atomic_write(path, data)
+    return {**entry, "file": path.name, "bytes": len(data),
+            "checksum": "sha256:" + hashlib.sha256(data).hexdigest()}
+
+
+def write_shard(folder: str | Path, index: int, seed: int, arrays: Mapping[str, np.ndarray],
+                codec: str = "lz4") -> dict[str, Any]:
+    """Write one shard atomically; returns its manifest entry."""
+    return store_shard(folder, *encode_shard(index, seed, arrays, codec))
 
 
 def read_shard(folder: str | Path, entry: Mapping[str, Any], verify: bool = True

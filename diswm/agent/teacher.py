@@ -31,6 +31,8 @@ from diswm.models.video import make_teacher
 
 #: The replay field that holds a step's teacher latent.
 FIELD = "z_teacher"
+#: The Redis record of the pretraining checkpoint's weights (the learner's teacher).
+PRETRAINED = "pretrained"
 
 
 def stores_teacher_latents(cfg: Config) -> bool:
@@ -85,3 +87,18 @@ def fetch_teacher(client, namespace: str, cfg: Config, *, timeout: float,
                 ) from None
             time.sleep(poll)  # polling a key another process sets, with a deadline
     return TeacherLatents.from_state(cfg, state)
+
+
+def publish_pretrained(client, namespace: str, state: dict[str, torch.Tensor]) -> None:
+    """Store the pretraining checkpoint's weights (`load_pretrained`) for the run's learner:
+    the driver reads `distill.teacher` on its own machine, and a learner on any node takes the
+    teacher from Redis (a safetensors record, as the policy's), never from the driver's path."""
+    WeightStore(client, namespace, name=PRETRAINED).publish(0, state)
+
+
+def fetch_pretrained(client, namespace: str) -> dict[str, torch.Tensor] | None:
+    """The weights `publish_pretrained` stored; None when the driver published none."""
+    try:
+        return WeightStore(client, namespace, name=PRETRAINED).fetch()[1]
+    except LookupError:
+        return None

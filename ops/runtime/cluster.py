@@ -23,8 +23,9 @@ from typing import Any
 
 from diswm.config import Config, build_config
 from diswm.control import NamespaceLease, RunFailed
-from diswm.runfolder import private_dir
+from diswm.runfolder import CHECKPOINT, private_dir
 from diswm.signals import ray_init
+from diswm.storage import DRIVER_FILES, RunStorage, storage_name
 from diswm.supervision import one_line
 from ops.runtime.ray_head import (
     cluster_gpus,
@@ -79,6 +80,8 @@ class Cluster:
         """Start (or reach) Redis and Ray for a run whose config is saved in `run_dir`."""
         run_dir = Path(run_dir).resolve()
         private_dir(run_dir)
+        if cfg.runtime.storage:  # a storage that cannot be written fails before anything starts
+            RunStorage(cfg.runtime.storage, storage_name(run_dir, cfg.runtime.storage)).check()
         if detached and not cfg.runtime.ray_address:
             use_ray_token(run_dir, create=True)  # before Ray is imported: it reads it once
         import ray
@@ -198,12 +201,14 @@ class Cluster:
         if holder not in (None, str(self.run_dir)):
             lease.acquire()  # raises NamespaceHeld naming the live run (unless it just ended)
             lease.release()
+        self._hand_over()
         gpus = self.cfg.runtime.learner_gpus if cluster_gpus() > 0 else 0
         opts = self._options("learner") | {"num_gpus": gpus,
                                            "num_cpus": self.cfg.runtime.learner_cpus}
         handle = ray.remote(LearnerActor).options(**opts).remote(
             self.cfg.to_dict(), self.spec, str(self.run_dir), action_dim,
-            self.cfg.runtime.metrics_host)
+            self.cfg.runtime.metrics_host,
+            self.storage.name if self.storage is not None else "")
         try:
             ray.get(handle.pid.remote())  # wait until it is up (it publishes weights at start)
         except ray.exceptions.RayActorError as err:
@@ -211,6 +216,36 @@ class Cluster:
         self.handles["learner"] = handle
         self.refresh_targets()
         return handle
+
+    def _hand_over(self) -> None:
+        """What the learner needs from this machine, where any node reaches it: the teacher's
+        weights in Redis, and (with a storage) the driver's files in the storage."""
+        d = self.cfg.distill
+        if d.teacher and (d.enabled or d.finetune):
+            from diswm.agent.teacher import publish_pretrained
+            from diswm.models.video import load_pretrained
+
+            publish_pretrained(self.redis_client(), self.namespace, load_pretrained(d.teacher))
+        if self.storage is not None:
+            self.storage.push(self.run_dir, [n for n in DRIVER_FILES
+                                             if (self.run_dir / n).exists()])
+            if (self.run_dir / CHECKPOINT).exists() and str(CHECKPOINT) not in self.storage.files():
+                self.storage.push(self.run_dir)  # a run resumed with a storage for the first time
+
+    @property
+    def storage(self) -> RunStorage | None:
+        """The run's storage (runtime.storage), or None: the learner writes the run folder."""
+        if not hasattr(self, "_storage"):
+            uri = self.cfg.runtime.storage
+            self._storage = RunStorage.for_run(uri, storage_name(self.run_dir, uri))
+        return self._storage
+
+    def pull(self, checkpoints: bool = True) -> list[str]:
+        """The learner's files from the storage into the run folder (none without a storage);
+        `checkpoints=False` leaves the checkpoints there (a quick look)."""
+        if self.storage is None:
+            return []
+        return self.storage.pull(self.run_dir, skip=() if checkpoints else ("checkpoints/",))
 
     def learner(self):
         import ray
@@ -396,6 +431,13 @@ class Cluster:
                 if reply.get("failed"):
                     problems.append(f"{name}: {reply['failed']}")
                 out["actors"].append(reply)
+        if self.storage is not None:  # the run folder shows what the learner has stored
+            try:
+                out["storage"] = {"uri": self.cfg.runtime.storage,
+                                  "copied": self.pull(checkpoints=False)}
+            except Exception as err:  # noqa: BLE001 - any backend's failure is one line
+                problems.append(f"storage {self.cfg.runtime.storage}: cannot read the run's "
+                                f"files ({type(err).__name__}: {err})"[:300])
         out["problems"] = list(dict.fromkeys(problems))  # each once, in order
         out["healthy"] = not out["problems"]
         out["metrics_targets"] = str(self.run_dir / "prometheus" / "targets.json")
@@ -420,6 +462,11 @@ class Cluster:
             except ValueError:
                 pass
         finally:
+            try:  # the learner's last checkpoint and summary into the run folder
+                self.pull()
+            except Exception as err:  # noqa: BLE001 - stopping matters more; say where they are
+                print(f"diswm: the run's files stay in {self.cfg.runtime.storage}: could not "
+                      f"copy them into {self.run_dir} ({type(err).__name__}: {err})"[:300])
             try:  # before Redis stops: nothing may start it again
                 ray.kill(self.keeper(), no_restart=True)
             except ValueError:
