@@ -182,6 +182,9 @@ class TrainConfig:
     # does by default (its `eval_state_mean`), True takes their means.
     eval_state_mean: bool = False
     checkpoint_every: int = field(default=50_000, metadata=_range(gt=0))  # env steps
+    # Checkpoints kept besides best.pt (the best evaluation's) and latest.pt (a link to the
+    # newest); every evaluation also keeps the checkpoint of the weights it evaluated.
+    keep_checkpoints: int = field(default=3, metadata=_range(ge=1))
     log_every: int = field(default=10, metadata=_range(gt=0))  # updates between train.csv rows
     progress_every: float = field(default=10.0, metadata=_range(gt=0.0))  # s between progress lines
     device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
@@ -366,12 +369,9 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_yaml())
-        tmp.replace(path)
-        return path
+        from diswm.atomic import atomic_write
+
+        return atomic_write(path, self.to_yaml())
 
     @classmethod
     def load(cls, path: str | Path) -> Config:

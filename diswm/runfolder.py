@@ -3,7 +3,9 @@
 The serial runner and the distributed learner write the same files::
 
     config.yaml           the resolved config (Config.load reads it back)
-    checkpoints/latest.pt learner checkpoint (weights_only-loadable) + the loop's counters
+    checkpoints/          learner checkpoints (weights_only-loadable) + the loop's counters:
+                          ckpt-<updates>.pt (the last train.keep_checkpoints), latest.pt (the
+                          newest), best.pt + best.json (the best evaluation's; checkpoints.py)
     train.csv             one row per `log_every` updates (losses, eta, update time, fps)
     eval.csv              one row per evaluation (mean/min/max return, scheme, open-loop errors)
     episodes.csv          one row per training episode (the exploring policy's return, as
@@ -26,6 +28,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from diswm.atomic import atomic_write
 from diswm.config import Config
 
 EPISODES = "episodes.csv"
@@ -129,7 +132,7 @@ def write_summary(run_dir: Path, cfg: Config, evals: list[dict], **fields: Any) 
     summary = {"task": cfg.env.task, **fields, "evaluations": evals,
                "final_return": evals[-1]["return_mean"] if evals else None,
                "random_return": random_return}
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
     if evals:
         switch = (cfg.distraction.switch_at * cfg.train.steps
                   if cfg.distraction.enabled and cfg.distraction.switch_at < 1 else None)

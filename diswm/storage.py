@@ -33,6 +33,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from diswm.atomic import atomic_write
+
 #: What the driver writes for the learner (pushed before it starts).
 DRIVER_FILES = ("config.yaml", "random.json")
 #: Never pushed: secrets and the driver's own state.
@@ -58,9 +60,7 @@ def storage_name(run_dir: str | Path, uri: str) -> str:
         if record.get("uri") == uri and record.get("name"):
             return str(record["name"])
     name = f"{Path(run_dir).resolve().name or 'run'}-{secrets.token_hex(4)}"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"uri": uri, "name": name}, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps({"uri": uri, "name": name}, indent=2) + "\n")
     return name
 
 

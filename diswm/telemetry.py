@@ -9,11 +9,12 @@ restarted actors on new ports are found again).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import redis
 from prometheus_client import start_http_server
+
+from diswm.atomic import atomic_write
 
 
 def serve_metrics(host: str = "127.0.0.1", port: int = 0) -> int:
@@ -58,9 +59,5 @@ def write_file_sd(path: str | Path, registered: dict[str, str], namespace: str) 
         if role == "actor":
             labels["actor"] = name.split("-", 1)[-1]
         groups.append({"targets": [address], "labels": labels})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(groups, indent=2) + "\n")
-    os.replace(tmp, path)  # Prometheus must never read a half-written file
-    return path
+    # Prometheus must never read a half-written file
+    return atomic_write(path, json.dumps(groups, indent=2) + "\n")

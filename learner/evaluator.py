@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from diswm.agent import Policy
+from diswm.atomic import atomic_write
 from diswm.config import Config, build_config, replace
 from diswm.diagnostics import open_loop_report
 from diswm.envs import make_env
@@ -155,8 +156,7 @@ def ensure_random_reference(cfg: Config, run_dir: Path, episodes: int = 10,
     returns = random_returns(cfg, episodes, seed=cfg.train.seed + 30_000)
     ref = {"task": cfg.env.task, "episodes": episodes, "returns": returns,
            "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns))}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(ref, indent=1) + "\n")
+    atomic_write(path, json.dumps(ref, indent=1) + "\n")
     if progress:
         progress(f"random policy on {cfg.env.task}: return {ref['return_mean']:.1f} "
                  f"+- {ref['return_std']:.1f} over {episodes} episodes")
@@ -228,6 +228,10 @@ class Evaluations:
         self.submitted += 1
         ref = self.actor.evaluate.remote(snapshot) if self.actor is not None else None
         self.pending.append((snapshot, ref))
+
+    def in_flight(self) -> list[int]:
+        """The updates of the weights whose evaluations have not been collected yet."""
+        return [int(snapshot["updates"]) for snapshot, _ in self.pending]
 
     def collect(self, block: bool = False, timeout: float = 1800.0,
                 progress: Callable[[str], None] = print) -> list[dict[str, Any]]:

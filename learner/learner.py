@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from diswm.agent.teacher import FIELD as TEACHER_FIELD
+from diswm.atomic import atomic_file
 from diswm.checkpoints import load_checkpoint
 from diswm.config import Config, build_config, replace
 from diswm.hostmem import reuse_freed_memory
@@ -424,12 +425,9 @@ class Learner:
                          "agent_step": self.agent_step, "skipped_updates": self.skipped_updates},
             "scheme": self.scheme, "rng": rng, "extra": dict(extra or {}),
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)
-        return path
+        with atomic_file(path) as f:
+            torch.save(payload, f)
+        return Path(path)
 
     def restore(self, path: str | Path) -> dict[str, Any]:
         """Load a `save`d checkpoint (weights_only: no unpickling); returns its `extra`."""

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from diswm.checkpoints import CheckpointSet
 from diswm.config import Config
 from diswm.runfolder import CHECKPOINT, append_csv, private_dir, write_summary
 from learner.evaluator import Evaluations, openl_note
@@ -113,10 +114,11 @@ class TrainLoop:
         self.schedule = RunSchedule.from_config(cfg)
         self.evals: list[dict] = []
         self.saved_counters: Counters = {}  # the counters of the checkpoint resumed from
-        ckpt = self.run_dir / CHECKPOINT
+        self.ckpts = CheckpointSet(self.run_dir / CHECKPOINT.parent, cfg.train.keep_checkpoints)
+        self._saved_at: tuple[int, int] | None = None  # (updates, env steps) of the last save
         self.resumed = bool(resume)
         if resume:
-            self.learner, extra = Learner.from_checkpoint(ckpt, log=log)
+            self.learner, extra, ckpt = resume_newest(self.ckpts, log)
             self.saved_counters = {k: int(v) for k, v in extra.get("counters", {}).items()}
             self.schedule.load(extra.get("schedule") or legacy_schedule(
                 cfg, extra.get("counters") or extra.get("next", {})))
@@ -204,6 +206,8 @@ class TrainLoop:
         """Evaluate at grid `point` on a snapshot of the weights now, in the scheme in force:
         in the evaluation actor (training goes on; the rows are recorded in order as they
         finish) or here."""
+        if self.cfg.train.eval_episodes:
+            self.checkpoint()  # the weights evaluated, kept: best.pt if they score best
         self.evaluations.submit(self.learner, point=point, env_steps=env_steps,
                                 wall_seconds=time.perf_counter() - self.started)
         if wait or self.evaluations.actor is None:
@@ -216,16 +220,22 @@ class TrainLoop:
             append_csv(self.run_dir / "eval.csv", row)
             if self.source is not None:
                 self.source.on_evaluation(row)
+            best = self.ckpts.offer(row["updates"], row["env_steps"], row["return_mean"])
             self.progress(f"eval at env step {row['env_steps']}: return "
                           f"{row['return_mean']:.1f} (scheme {row['scheme']}, {row['updates']} "
-                          f"updates){openl_note(row)}")
+                          f"updates){openl_note(row)}{'; the best so far: best.pt' if best else ''}")
             self.write_summary()
         return len(rows)
 
     def checkpoint(self) -> None:
         counters = self.source.counters() if self.source is not None else {}
-        self.learner.save(self.run_dir / CHECKPOINT, extra={
-            "counters": dict(counters), "schedule": self.schedule.state()})
+        at = (self.learner.updates, int(counters.get("env_steps", -1)))
+        if at == self._saved_at:
+            return  # nothing changed since the last one (an evaluation's, at this step)
+        extra = {"counters": dict(counters), "schedule": self.schedule.state()}
+        self.ckpts.save(lambda path: self.learner.save(path, extra=extra), self.learner.updates,
+                        protect=self.evaluations.in_flight())
+        self._saved_at = at
         if self.source is not None:
             self.source.on_checkpoint()
             self.source.saved()
@@ -255,6 +265,26 @@ class TrainLoop:
         if self.learner.skipped_updates:
             line += f"  ({self.learner.skipped_updates} updates skipped: loss not finite)"
         return line
+
+
+def resume_newest(ckpts: CheckpointSet, log: Callable[[str], None]) -> tuple[Learner, dict, Path]:
+    """The learner of the newest checkpoint that loads (latest.pt, then the numbered ones,
+    newest first), its `extra` and its path; a damaged one is skipped and named. ValueError
+    when none loads."""
+    candidates = ckpts.candidates()
+    errors = []
+    for path in candidates:
+        try:
+            learner, extra = Learner.from_checkpoint(path, log=log)
+        except ValueError as err:
+            errors.append(str(err))
+            log(f"cannot resume from {path}: {err}; trying the checkpoint before it")
+            continue
+        if errors:
+            log(f"resuming from {path}, the newest checkpoint that loads")
+        return learner, extra, path
+    raise ValueError(f"no checkpoint in {ckpts.folder} loads"
+                     + (f": {'; '.join(errors)}" if errors else " (there is none)"))
 
 
 def owed_updates(cfg: Config, agent_steps: int) -> int:

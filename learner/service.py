@@ -25,6 +25,7 @@ import numpy as np
 from diswm import metrics
 from diswm.agent.teacher import fetch_pretrained, publish_teacher, stores_teacher_latents
 from diswm.broadcast import BadWeights, WeightStore
+from diswm.checkpoints import CheckpointSet
 from diswm.config import Config
 from diswm.control import NamespaceLease, RunControl
 from diswm.runfolder import CHECKPOINT, append_episode, last_episode_id
@@ -216,7 +217,7 @@ class LearnerService:
         self.cfg, self.spec, self.run_dir = cfg, spec, Path(run_dir)
         self.progress = progress
         remote = bool(cfg.runtime.eval_actor and _in_ray())  # Evaluations: none without episodes
-        resume = (self.run_dir / CHECKPOINT).exists()
+        resume = bool(CheckpointSet(self.run_dir / CHECKPOINT.parent).candidates())
         pretrained = None
         if not resume and cfg.distill.teacher and (cfg.distill.enabled or cfg.distill.finetune):
             # The driver published the teacher's weights: no path of its machine is read here.

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diswm.atomic import atomic_file, atomic_write
 from diswm.checkpoints import load_checkpoint
 from diswm.config import Config
 from diswm.hostmem import reuse_freed_memory
@@ -51,16 +52,12 @@ COLUMNS = ("update", "loss", "image", "kl", "beta", "kl_value", "z_std", "grad_n
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    with atomic_file(path) as f:
+        torch.save(obj, f)
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write(path, text)
 
 
 class PretrainRunner:

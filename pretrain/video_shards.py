@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from diswm import records
+from diswm.atomic import atomic_write
 from diswm.rollout import STEP_KEYS, split_episodes
 
 MANIFEST = "manifest.json"
@@ -51,15 +51,6 @@ def shard_seed(base_seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(base_seed), int(index)]).generate_state(1)[0])
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def encode_shard(index: int, seed: int, arrays: Mapping[str, np.ndarray],
                  codec: str = "lz4") -> tuple[bytes, dict[str, Any]]:
     """One shard's file bytes and its manifest entry (without "bytes" and "checksum", which
@@ -77,7 +68,7 @@ def encode_shard(index: int, seed: int, arrays: Mapping[str, np.ndarray],
 def store_shard(folder: str | Path, data: bytes, entry: Mapping[str, Any]) -> dict[str, Any]:
     """Write an encoded shard atomically into `folder`; returns its full manifest entry."""
     path = Path(folder) / shard_name(int(entry["index"]))
-    _atomic_write(path, data)
+    atomic_write(path, data)
     return {**entry, "file": path.name, "bytes": len(data),
             "checksum": "sha256:" + hashlib.sha256(data).hexdigest()}
 
@@ -135,7 +126,7 @@ def write_manifest(folder: str | Path, manifest: Mapping[str, Any]) -> Path:
     out = {**manifest, "shards": shards, "frames": sum(e["frames"] for e in shards),
            "episodes": sum(e["episodes"] for e in shards)}
     path = Path(folder) / MANIFEST
-    _atomic_write(path, (json.dumps(out, indent=1) + "\n").encode())
+    atomic_write(path, json.dumps(out, indent=1) + "\n")
     return path
 
 

@@ -15,12 +15,12 @@ password and process in `redis_process.py`.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from diswm.atomic import atomic_write
 from diswm.config import Config, build_config
 from diswm.control import NamespaceLease, RunFailed
 from diswm.runfolder import CHECKPOINT, private_dir
@@ -170,11 +170,7 @@ class Cluster:
                  "ray_head": self.ray_head, "namespace": self.namespace,
                  # where the password is (never the password): every later command finds it
                  "password_file": self.password_file}
-        path = self.run_dir / STATE_FILE
-        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(state, f, indent=2)
-        os.replace(path.with_suffix(".tmp"), path)
+        atomic_write(self.run_dir / STATE_FILE, json.dumps(state, indent=2))  # mode 0600
 
     # -- processes -----------------------------------------------------------------------------
     def _options(self, name: str) -> dict[str, Any]:
@@ -393,6 +389,8 @@ class Cluster:
                 problems.append(f"replay shard {k} of {self.spec.shards} is unreachable (its "
                                 "steps are not sampled until it is back; see "
                                 f"{self.run_dir / 'redis' / f'node{k}'})")
+            if self.storage is not None:  # the learner's own copy is in its node's scratch
+                self.refresh_targets()
             errors = RunControl(quick, self.namespace).errors()
             out["errors"] = errors
             problems += [f"{role}: {message}" for role, message in sorted(errors.items())]

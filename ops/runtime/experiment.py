@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from diswm import signals
+from diswm.atomic import atomic_write
 from diswm.config import Config, ConfigError, replace
 from diswm.control import RunFailed
 from diswm.presets import load_config, preset_names
@@ -150,7 +151,7 @@ def plan_runs(transfer: str, *, methods: Sequence[str], seeds: int, budget: str,
                     progress(f"{run_dir.name}: done already, skipped")
                     continue
                 private_dir(run_dir)
-                (run_dir / "experiment.json").write_text(json.dumps(
+                atomic_write(run_dir / "experiment.json", json.dumps(
                     {"transfer": name, "method": method, "seed": seed, "budget": budget,
                      "presets": presets, "overrides": list(overrides)}, indent=2) + "\n")
                 todo.append((run_dir, replace(cfg, train={"seed": seed}), teacher,
@@ -184,7 +185,7 @@ def plan_reproduction(tasks: Sequence[str], *, methods: Sequence[str], seeds: in
             if (run_dir / "summary.json").exists():
                 continue
             private_dir(run_dir)
-            (run_dir / "experiment.json").write_text(json.dumps(
+            atomic_write(run_dir / "experiment.json", json.dumps(
                 {"transfer": None, "task": task, "method": method, "seed": seed,
                  "budget": budget, "presets": presets,
                  "overrides": [f"env.task={task}", *overrides]}, indent=2) + "\n")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from diswm import signals
+from diswm.atomic import atomic_write
 from diswm.config import Config, replace
 from diswm.control import RunControl, RunFailed
 from diswm.runfolder import private_dir
@@ -94,7 +95,7 @@ def run_job(cfg: Config, run_dir: str | Path, *, teacher: str | None = None,
         if note := unfed_shards_note(range(cfg.runtime.actors), cluster.spec.shards):
             progress("      " + note)
         _print_metrics_urls(cluster, progress)
-        seen, reported = 0, {}
+        seen, reported, refreshed = 0, {}, time.monotonic()
         import ray
 
         control = RunControl(cluster.redis_client(), cluster.namespace)
@@ -110,6 +111,9 @@ def run_job(cfg: Config, run_dir: str | Path, *, teacher: str | None = None,
                     progress(f"      {role}: {message}")
             if ray.get(learner.done.remote()):
                 break
+            if cluster.storage is not None and time.monotonic() - refreshed > 10:
+                cluster.refresh_targets()  # the learner's own copy is in its node's scratch
+                refreshed = time.monotonic()
             time.sleep(poll)  # a progress poll, not synchronisation: done() decides
         stats = ray.get(learner.stats.remote())
         if stats["error"]:
@@ -126,7 +130,7 @@ def run_job(cfg: Config, run_dir: str | Path, *, teacher: str | None = None,
             summary["stages"].get("online_seconds", 1.0), 1e-9)
         summary["final_return"] = final["final_return"]
     summary["random_return"] = random_ref["return_mean"]
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     final_return, rand = summary.get("final_return"), random_ref["return_mean"]
     versus = (f" vs {rand:.1f} for a random policy ({final_return / rand:.1f}x)"
               if final_return is not None and rand > 0 else f" vs {rand:.1f} for a random policy")

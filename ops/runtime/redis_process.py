@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from diswm.atomic import atomic_write
 from diswm.config import Config
 from replay_service.redis_cluster import LocalRedisCluster
 from replay_service.spec import ReplaySpec
@@ -47,13 +48,7 @@ def password_record(cfg: Config, run_dir: Path, password: str) -> Path:
     $DISWM_REDIS_PASSWORD copied into the run's private folder (``redis.password``, mode 0600,
     where a generated one lives too); a generated one where it was generated."""
     if os.environ.get("DISWM_REDIS_PASSWORD", "").strip():
-        path = run_dir / "redis.password"
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(password + "\n")
-        os.replace(tmp, path)
-        return path
+        return atomic_write(run_dir / "redis.password", password + "\n")  # mode 0600
     if cfg.replay.password_file:
         return Path(cfg.replay.password_file).expanduser().resolve()
     for path in (run_dir / "redis" / "redis.password", run_dir / "redis.password"):
