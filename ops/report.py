@@ -34,6 +34,8 @@ from diswm.published import METHODS as PUBLISHED_METHODS
 from diswm.published import Published
 from diswm.published import draw as draw_published
 from diswm.runfolder import read_episodes
+from ops.stats import interval_estimates, normalise
+from ops.stats import text as stat_text
 
 
 def anchor_scores() -> dict[str, Any]:
@@ -204,10 +206,14 @@ def published_text(task: str, env_steps: int, published: tuple[str, ...]) -> str
 
 def table(agg, runs, published: tuple[str, ...] = ("dreamerv2",)) -> str:
     transfers = {r["task"]: r["transfer"] for r in runs}
-    lines = ["| task | method | seeds | env steps | final return: mean (per seed) | best mean "
+    lines = ["| task | method | seeds | env steps | final return: mean (per seed) "
+             "| final return: IQM [95% CI] | best mean "
              "| training episodes, last window: mean (per seed) | random policy "
              "| published at this budget: mean [min–max] | paper at 0.5M / 1M |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    finals_of = final_scores(runs)
+    per_task = {key: interval_estimates({"x": np.asarray(v)[:, None]})["x"]
+                for key, v in finals_of.items()}
     for (task, method), points in sorted(agg.items()):
         last = points[-1]
         ref = _reference(transfers.get(task)).get(method, {})
@@ -224,8 +230,46 @@ def table(agg, runs, published: tuple[str, ...] = ("dreamerv2",)) -> str:
                  if last_train else "–")
         lines.append(f"| {transfers.get(task) or task} | {method} | {last['n']} | "
                      f"{last['env_steps']} | {last['mean']:.1f} ({finals}) | "
+                     f"{stat_text(per_task[(task, method)]) if (task, method) in per_task else '–'} | "
                      f"{best['mean']:.1f} at {best['env_steps']} | {train} | {rand} | "
                      f"{published_text(task, last['env_steps'], published)} | {paper} |")
+    return "\n".join(lines) + "\n" + across_tasks(runs)
+
+
+def final_scores(runs) -> dict[tuple[str, str], list[float]]:
+    """(task, method) -> the final evaluation return of each seed, in seed order."""
+    out: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for r in sorted(runs, key=lambda r: (r["task"], r["method"], r["seed"])):
+        if r["rows"]:
+            out[(r["task"], r["method"])].append(r["rows"][-1]["return"])
+    return dict(out)
+
+
+def across_tasks(runs) -> str:
+    """The methods over every DMC task they ran, normalised (return / 1000): IQM and mean of
+    the final returns with 95% stratified-bootstrap intervals (rliable), on the seeds every
+    task of the method has. Empty when no method ran two tasks."""
+    finals = final_scores(runs)
+    scores: dict[str, np.ndarray] = {}
+    tasks_of: dict[str, list[str]] = {}
+    for method in sorted({m for _, m in finals}):
+        tasks = sorted(t for t, m in finals if m == method and normalise(t, np.zeros(1)) is not None)
+        if len(tasks) < 2:
+            continue
+        n = min(len(finals[(t, method)]) for t in tasks)
+        scores[method] = np.stack([normalise(t, np.asarray(finals[(t, method)][:n]))
+                                   for t in tasks], axis=1)
+        tasks_of[method] = tasks
+    if not scores:
+        return ""
+    est = interval_estimates(scores)
+    lines = ["", "Across tasks (final evaluation return / 1000, DMC tasks; IQM and mean with 95% "
+             "stratified-bootstrap intervals, rliable):", "",
+             "| method | tasks | runs per task | IQM [95% CI] | mean [95% CI] |",
+             "|---|---|---|---|---|"]
+    for method, e in est.items():
+        lines.append(f"| {method} | {len(tasks_of[method])} ({', '.join(tasks_of[method])}) | "
+                     f"{e['runs']} | {stat_text(e, 'iqm', 3)} | {stat_text(e, 'mean', 3)} |")
     return "\n".join(lines) + "\n"
 
 
