@@ -178,6 +178,9 @@ class TrainConfig:
     pretrain_updates: int = field(default=100, metadata=_range(ge=0))
     eval_every: int = field(default=10_000, metadata=_range(gt=0))  # env steps
     eval_episodes: int = field(default=10, metadata=_range(ge=0))
+    # With each evaluation, a video of its first episode beside the model's reconstruction
+    # (videos/eval_<env steps>.mp4; diswm/video.py).
+    eval_video: bool = True
     # Evaluation acts with the actor's mode; False samples z and the latent state as DreamerV2
     # does by default (its `eval_state_mean`), True takes their means.
     eval_state_mean: bool = False

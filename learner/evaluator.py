@@ -77,6 +77,8 @@ class Evaluator:
                 png = Path(tmp) / openloop_name(env_steps)
                 if png.exists():
                     openl[OPENLOOP_PNG] = png.read_bytes()
+            if cfg.train.eval_video and len(recording["image"]):
+                openl[EVAL_VIDEO] = episode_video(learner, recording)
         return {"eval_step": snapshot["point"], "env_steps": env_steps,
                 "updates": snapshot["updates"], "scheme": scheme,
                 "return_mean": float(np.mean(returns)), "return_min": float(np.min(returns)),
@@ -167,9 +169,29 @@ def ensure_random_reference(cfg: Config, run_dir: Path, episodes: int = 10,
 OPENLOOP_PNG = "openloop_png"
 
 
+#: The key of an evaluation result that carries its episode's video (bytes, suffix).
+EVAL_VIDEO = "video"
+
+
 def openloop_name(env_steps: int) -> str:
     """An open-loop image's path in the run folder."""
     return f"openloop/openloop_{env_steps}.png"
+
+
+def video_stem(env_steps: int) -> str:
+    """An evaluation video's path in the run folder, without its suffix (.mp4 or .gif)."""
+    return f"videos/eval_{env_steps}"
+
+
+def episode_video(learner: Learner, recording: dict[str, np.ndarray]) -> tuple[bytes, str]:
+    """The recorded episode beside the world model's reconstruction, as video bytes and their
+    suffix (diswm/video.py)."""
+    from diswm.models.openloop import reconstruct
+    from diswm.video import encode, side_by_side
+
+    model = reconstruct(learner.wm, recording["image"], recording["action"],
+                        recording["is_first"])
+    return encode(side_by_side(recording["image"], model, recording["reward"]))
 
 
 def open_loop_eval(learner: Learner, recording: dict[str, np.ndarray] | None, run_dir: Path,
@@ -256,9 +278,11 @@ class Evaluations:
             self.pending.pop(0)
             png = row.pop(OPENLOOP_PNG, None)
             if png is not None:
-                path = self.run_dir / openloop_name(row["env_steps"])
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(png)
+                atomic_write(self.run_dir / openloop_name(row["env_steps"]), png)
+            video = row.pop(EVAL_VIDEO, None)
+            if video is not None:
+                data, suffix = video
+                atomic_write(self.run_dir / f"{video_stem(row['env_steps'])}{suffix}", data)
             rows.append({**row, "wall_seconds": round(snapshot["wall_seconds"], 3)})
         return rows
 

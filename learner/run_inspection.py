@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from diswm.atomic import atomic_write
+from diswm.checkpoints import CheckpointSet
 from diswm.diagnostics import CONTEXT, open_loop_report
 from diswm.runfolder import CHECKPOINT
 from learner.evaluator import evaluate_recorded
@@ -117,3 +119,40 @@ def format_report(result: dict[str, Any]) -> str:
     else:
         lines.append(f"open loop: episode too short ({result['episode_steps']} steps)")
     return "\n".join(lines)
+
+
+def evaluate_run(run_dir: str | Path, *, checkpoint: str = "latest", episodes: int = 10,
+                 video: str | Path | None = None, seed: int | None = None,
+                 log: Callable[[str], None] = _stderr) -> dict[str, Any]:
+    """`diswm eval`: evaluate one of a run's checkpoints (``latest``, ``best`` or a path) on
+    `episodes` episodes with the eval-mode policy, without training; with `video`, write the
+    first episode beside the model's reconstruction there (.mp4, or .gif where ffmpeg is
+    missing; the suffix given is replaced by the one written). ValueError naming what is
+    wrong (the run folder, the checkpoint, the episode count)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"{run_dir}: no such run folder")
+    if episodes < 1:
+        raise ValueError(f"--episodes must be at least 1, got {episodes}")
+    ckpt = CheckpointSet(run_dir / CHECKPOINT.parent).resolve(checkpoint)
+    learner, extra = Learner.from_checkpoint(ckpt, log=log)
+    cfg = learner.cfg
+    env_steps = extra.get("counters", {}).get("env_steps") if isinstance(extra, dict) else None
+    seed = cfg.train.seed + 20_000 if seed is None else seed
+    log(f"eval: {ckpt} ({learner.updates} updates, env step {env_steps}, scheme "
+        f"{learner.scheme}): {episodes} episode(s) of {cfg.env.task}, seed {seed}")
+    returns, recording = evaluate_recorded(cfg, learner, episodes, learner.scheme, seed)
+    written = None
+    if video is not None:
+        from diswm.models.openloop import reconstruct
+        from diswm.video import encode, side_by_side
+
+        model = reconstruct(learner.wm, recording["image"], recording["action"],
+                            recording["is_first"])
+        data, suffix = encode(side_by_side(recording["image"], model, recording["reward"]))
+        video = Path(video)
+        written = atomic_write(video.with_suffix(suffix), data)
+    return {"run_dir": str(run_dir), "checkpoint": str(ckpt), "task": cfg.env.task,
+            "updates": learner.updates, "env_steps": env_steps, "scheme": learner.scheme,
+            "seed": seed, "returns": returns, "return_mean": float(np.mean(returns)),
+            "return_std": float(np.std(returns)), "video": str(written) if written else None}

@@ -133,6 +133,22 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from learner.run_inspection import evaluate_run
+
+    r = evaluate_run(args.run, checkpoint=args.checkpoint, episodes=args.episodes,
+                     video=args.video, seed=args.seed)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"{r['checkpoint']} ({r['updates']} updates, env step {r['env_steps']}, scheme "
+          f"{r['scheme']}): return {r['return_mean']:.1f} +- {r['return_std']:.1f} over "
+          f"{len(r['returns'])} episode(s) of {r['task']} (seed {r['seed']})")
+    if r["video"]:
+        print(f"wrote {r['video']}")
+    return 0
+
+
 # -- bench --------------------------------------------------------------------------------------
 
 
@@ -265,6 +281,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None,
                    help="eval env seed (default: train.seed + 20000, unlike training's evals)")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("eval", help="evaluate a run's checkpoint (latest, best or a file) "
+                       "without training, optionally with a video of an episode")
+    p.add_argument("run", metavar="RUN", help="run folder (diswm train / diswm run)")
+    p.add_argument("--checkpoint", default="latest", metavar="best|latest|PATH",
+                   help="which checkpoint: latest (default), best (by evaluation return) or a "
+                        "file")
+    p.add_argument("--episodes", type=int, default=10, help="episodes (default 10)")
+    p.add_argument("--video", default=None, metavar="OUT.mp4",
+                   help="write the first episode beside the model's reconstruction here")
+    p.add_argument("--seed", type=int, default=None,
+                   help="env seed (default: train.seed + 20000, unlike training's evals)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_eval)
 
     from ops.pretrain_commands import add_pretrain_parser
 

@@ -92,3 +92,18 @@ def open_loop(wm: nn.Module, image_BTHWC: Any, action_BTA: Any, reward_BT: Any, 
         "openl_reward_mae": float((reward_pred - reward)[:, context:].abs().mean()),
         "recon_image_mse": float(se_t[:context].mean()),
     }
+
+
+def reconstruct(wm: nn.Module, image_THWC: Any, action_TA: Any, is_first_T: Any) -> np.ndarray:
+    """The world model's posterior reconstruction of one recorded episode (latent means, no
+    sampling): (T, H, W, C) float pixel means in [0, 1] units, unclipped. What the agent's
+    model makes of each frame it saw; the eval videos show it beside the frame."""
+    device = next(wm.parameters()).device
+    image = _tensor(image_THWC, device)[None]
+    action = _tensor(action_TA, device, torch.float32)[None]
+    is_first = _tensor(is_first_T, device, torch.bool)[None]
+    with torch.no_grad(), torch.autocast(device.type, enabled=False):
+        embed = wm.embed(preprocess_image(image), sample=False)
+        post, _ = wm.rssm.observe(embed, action, is_first, sample=False)
+        model = wm.decoder(RSSM.feat(post)).float()
+    return (model[0] + 0.5).cpu().numpy()

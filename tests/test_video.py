@@ -1,0 +1,77 @@
+"""Videos of the agent (diswm/video.py) with every evaluation, and `diswm eval` on any of a run's
+checkpoints (learner/run_inspection.py): frames decoded back and compared with what was seen."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+
+from diswm.presets import load_config
+from diswm.video import SCALE, encode, side_by_side
+from learner.serial import SerialRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def decode(path):
+    with imageio.get_reader(path) as reader:  # its len() is inf: list(reader) would not end
+        return np.stack([frame for frame in reader])
+
+
+def test_frames_show_the_observation_beside_the_model(tmp_path):
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    model = np.clip(truth / 255.0 + 0.1, 0, 1)
+    frames = side_by_side(truth, model, np.ones(6))
+    assert frames.shape == (6, 64 * SCALE + 16, 2 * 64 * SCALE, 3)
+    np.testing.assert_array_equal(frames[:, :256:SCALE, :256:SCALE], truth)  # left: as seen
+    right = frames[:, :256:SCALE, 256::SCALE].astype(float) / 255
+    np.testing.assert_allclose(right, model, atol=1 / 255 + 1e-6)  # right: the model
+    assert frames[:, 256:].max() > 200 and frames[:, 256:].mean() < 60  # a caption on black
+    with pytest.raises(ValueError, match="do not match"):
+        side_by_side(truth, model[:, :32], np.ones(6))
+    data, suffix = encode(frames)
+    assert suffix == ".mp4" and data[4:8] == b"ftyp"  # an MP4 container
+    (tmp_path / "v.mp4").write_bytes(data)
+    back = decode(tmp_path / "v.mp4")
+    assert back.shape == frames.shape  # every frame, full size
+    assert np.abs(back.astype(float) - frames).mean() < 12  # H.264 is lossy, not wrong
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    cfg = load_config(["tiny"], ["train.steps=200", "train.eval_every=100",
+                                 "train.checkpoint_every=100"])
+    run = tmp_path_factory.mktemp("video") / "run"
+    SerialRunner(cfg, run, progress=lambda m: None).run()
+    return run
+
+
+def test_every_evaluation_writes_its_episode_video(run):
+    evals = list(csv.DictReader((run / "eval.csv").open()))
+    assert evals and "video" not in evals[0]  # bytes never reach the CSV
+    for row in evals:
+        frames = decode(run / "videos" / f"eval_{row['env_steps']}.mp4")
+        # tiny: 100 env steps at action repeat 2 = 50 steps, plus the first observation
+        assert frames.shape == (51, 64 * SCALE + 16, 2 * 64 * SCALE, 3)
+
+
+def test_diswm_eval_evaluates_the_best_checkpoint_with_a_video(run, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "ops", "eval", str(run), "--checkpoint", "best",
+                          "--episodes", "2", "--video", str(tmp_path / "best.mp4")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "best.pt" in out.stdout and "over 2 episode(s)" in out.stdout
+    assert decode(tmp_path / "best.mp4").shape[0] == 51
+    bad = subprocess.run([sys.executable, "-m", "ops", "eval", str(run), "--checkpoint",
+                          str(tmp_path / "nope.pt")], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines()[-1] == (
+        f"diswm: error: checkpoint {tmp_path / 'nope.pt'} does not exist")
