@@ -26,11 +26,11 @@ export MUJOCO_GL ?= egl
 export RAY_USAGE_STATS_ENABLED ?= 0
 
 .PHONY: help install redis prometheus run test test-all test-two-nodes lint format bench bench-envs \
-	bench-replay bench-replay-shards bench-actors bench-learner cluster-up scale cluster-status cluster-down monitor clean
+	bench-replay bench-replay-shards bench-actors bench-learner cluster-up scale cluster-status cluster-down monitor tensorboard clean
 
 help:
 	@echo "make run | test | test-all | cluster-up ACTORS=N | scale ACTORS=N | cluster-status |"
-	@echo "make cluster-down | monitor | bench | lint | format | clean"
+	@echo "make cluster-down | monitor | tensorboard [RUNS=runs/<run>] | bench | lint | format | clean"
 
 # The virtualenv with the pinned packages (setup.cfg); rebuilt when setup.cfg changes.
 $(STAMP): setup.cfg pyproject.toml
@@ -91,6 +91,9 @@ cluster-down:
 
 monitor: $(STAMP) prometheus
 	$(DISWM) monitor --run-dir $(RUN) --port $(PORT)
+
+tensorboard: $(STAMP)
+	$(DISWM) tensorboard $(or $(RUNS),runs)
 
 bench: bench-envs bench-replay bench-replay-shards bench-actors bench-learner
 

@@ -309,6 +309,19 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    # TensorBoard event files in <run>/tb: every train.csv and eval.csv column, the config, the
+    # open-loop images and each evaluation's video (diswm/tracking.py); `diswm tensorboard RUN`.
+    tensorboard: bool = True
+    # Weights & Biases as well (the `wandb` package): the same scalars, images and videos.
+    wandb: bool = False
+    wandb_project: str = "diswm"
+    wandb_entity: str = ""  # "" = the account's default
+    # "offline" writes <run>/wandb for a later `wandb sync`; nothing goes over the network.
+    wandb_mode: str = field(default="online", metadata=_choices("online", "offline"))
+
+
+@dataclass(frozen=True)
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     distraction: DistractionConfig = field(default_factory=DistractionConfig)
@@ -320,6 +333,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self) -> Config:
         """Cross-field checks; field-level checks already ran while building. Nothing here

@@ -114,3 +114,20 @@ LEARNER_OPENLOOP_REWARD_ERROR = Gauge(
     "diswm_learner_openloop_reward_abs_error",
     "World model's open-loop mean absolute reward error on the latest evaluation's episode",
     ["namespace"])
+
+# The learning signals of the latest update (train.csv's columns, on every update).
+LEARNER_MODEL_LOSS = Gauge("diswm_learner_model_loss", "World-model loss (total)", ["namespace"])
+LEARNER_IMAGE_LOSS = Gauge("diswm_learner_image_loss", "Image reconstruction NLL", ["namespace"])
+LEARNER_REWARD_LOSS = Gauge("diswm_learner_reward_loss", "Reward NLL", ["namespace"])
+LEARNER_KL = Gauge("diswm_learner_kl", "KL between posterior and prior (nats)", ["namespace"])
+LEARNER_ACTOR_LOSS = Gauge("diswm_learner_actor_loss", "Actor loss", ["namespace"])
+LEARNER_CRITIC_LOSS = Gauge("diswm_learner_critic_loss", "Critic loss", ["namespace"])
+LEARNER_ACTOR_ENTROPY = Gauge("diswm_learner_actor_entropy", "Actor entropy in imagination",
+                              ["namespace"])
+LEARNER_DISTILL_ETA = Gauge("diswm_learner_distill_eta",
+                            "Distillation weight eta (0 without a teacher)", ["namespace"])
+#: train.csv column -> its gauge
+LEARNING = {"model_loss": LEARNER_MODEL_LOSS, "model/image": LEARNER_IMAGE_LOSS,
+            "model/reward": LEARNER_REWARD_LOSS, "kl_value": LEARNER_KL,
+            "actor_loss": LEARNER_ACTOR_LOSS, "critic_loss": LEARNER_CRITIC_LOSS,
+            "actor_entropy": LEARNER_ACTOR_ENTROPY, "eta": LEARNER_DISTILL_ETA}

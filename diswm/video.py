@@ -71,6 +71,15 @@ def encode(frames: np.ndarray, fps: int = FPS) -> tuple[bytes, str]:
         return buffer.getvalue(), ".gif"
 
 
+def gif(frames: np.ndarray, fps: int = FPS) -> bytes:
+    """An animated GIF of `frames` (what TensorBoard's image plugin plays)."""
+    import imageio.v2 as imageio
+
+    buffer = io.BytesIO()
+    imageio.mimwrite(buffer, list(frames), format="GIF", duration=1000 / fps, loop=0)
+    return buffer.getvalue()
+
+
 def write_video(frames: np.ndarray, stem: str | Path, fps: int = FPS) -> Path:
     """Encode `frames` and write them to `stem` + the format's suffix (atomically)."""
     from diswm.atomic import atomic_write

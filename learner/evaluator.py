@@ -169,8 +169,10 @@ def ensure_random_reference(cfg: Config, run_dir: Path, episodes: int = 10,
 OPENLOOP_PNG = "openloop_png"
 
 
-#: The key of an evaluation result that carries its episode's video (bytes, suffix).
+#: The key of an evaluation result that carries its episode's video ({data, suffix, gif}).
 EVAL_VIDEO = "video"
+#: The key of a collected row that holds its media (written already; for the trackers).
+MEDIA = "media"
 
 
 def openloop_name(env_steps: int) -> str:
@@ -183,15 +185,18 @@ def video_stem(env_steps: int) -> str:
     return f"videos/eval_{env_steps}"
 
 
-def episode_video(learner: Learner, recording: dict[str, np.ndarray]) -> tuple[bytes, str]:
-    """The recorded episode beside the world model's reconstruction, as video bytes and their
-    suffix (diswm/video.py)."""
+def episode_video(learner: Learner, recording: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The recorded episode beside the world model's reconstruction (diswm/video.py): the
+    video file's bytes and suffix, and a small GIF at the frames' own size for the trackers."""
     from diswm.models.openloop import reconstruct
-    from diswm.video import encode, side_by_side
+    from diswm.video import encode, gif, side_by_side
 
     model = reconstruct(learner.wm, recording["image"], recording["action"],
                         recording["is_first"])
-    return encode(side_by_side(recording["image"], model, recording["reward"]))
+    data, suffix = encode(side_by_side(recording["image"], model, recording["reward"]))
+    small = np.concatenate([recording["image"], (np.clip(model, 0, 1) * 255 + 0.5).astype(
+        np.uint8)], axis=2)
+    return {"data": data, "suffix": suffix, "gif": gif(small)}
 
 
 def open_loop_eval(learner: Learner, recording: dict[str, np.ndarray] | None, run_dir: Path,
@@ -257,7 +262,9 @@ class Evaluations:
 
     def collect(self, block: bool = False, timeout: float = 1800.0,
                 progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
-        """The finished evaluations' rows, oldest first (`block`: wait for all of them)."""
+        """The finished evaluations' rows, oldest first (`block`: wait for all of them); their
+        open-loop image and video are written into the run folder, and each row keeps them
+        under MEDIA for the trackers (not a column)."""
         rows = []
         while self.pending:
             snapshot, ref = self.pending[0]
@@ -276,14 +283,15 @@ class Evaluations:
                              f"evaluating env step {snapshot['env_steps']} here")
                     row = self._here(snapshot)
             self.pending.pop(0)
-            png = row.pop(OPENLOOP_PNG, None)
-            if png is not None:
-                atomic_write(self.run_dir / openloop_name(row["env_steps"]), png)
-            video = row.pop(EVAL_VIDEO, None)
-            if video is not None:
-                data, suffix = video
-                atomic_write(self.run_dir / f"{video_stem(row['env_steps'])}{suffix}", data)
-            rows.append({**row, "wall_seconds": round(snapshot["wall_seconds"], 3)})
+            media = {k: row.pop(k) for k in (OPENLOOP_PNG, EVAL_VIDEO) if k in row}
+            if OPENLOOP_PNG in media:
+                atomic_write(self.run_dir / openloop_name(row["env_steps"]), media[OPENLOOP_PNG])
+            if EVAL_VIDEO in media:
+                video = media[EVAL_VIDEO]
+                atomic_write(self.run_dir / f"{video_stem(row['env_steps'])}{video['suffix']}",
+                             video["data"])
+            rows.append({**row, "wall_seconds": round(snapshot["wall_seconds"], 3),
+                         MEDIA: media})
         return rows
 
     def _here(self, snapshot: dict) -> dict:

@@ -35,7 +35,8 @@ import numpy as np
 from diswm.checkpoints import CheckpointSet
 from diswm.config import Config
 from diswm.runfolder import CHECKPOINT, append_csv, private_dir, write_summary
-from learner.evaluator import Evaluations, openl_note
+from diswm.tracking import Tracker
+from learner.evaluator import EVAL_VIDEO, MEDIA, OPENLOOP_PNG, Evaluations, openl_note
 from learner.learner import Learner
 from learner.schedule import RunSchedule, legacy_schedule
 
@@ -131,6 +132,9 @@ class TrainLoop:
         self.resumed_at = self.learner.updates if resume else None  # updates of the checkpoint
         self.evaluations = Evaluations(cfg, action_dim, self.run_dir, submitted=len(self.evals),
                                        remote=remote_evaluations)
+        # TensorBoard (and W&B): a resumed run drops what was logged after its checkpoint
+        self.tracker = Tracker.open(cfg, self.run_dir, resume_step=(
+            self.saved_counters.get("env_steps") if resume else None))
         self.source: BatchSource | None = None
         self.last_metrics: dict[str, float] = {}
         self.counters: Counters = {}  # the run's counters as the loop read them last
@@ -184,9 +188,10 @@ class TrainLoop:
                                   diagnostics=(self.learner.updates + 1) % every == 0)
         self.source.after_update(batch, out)
         if self.learner.updates != before and self.learner.updates % every == 0:
-            append_csv(self.run_dir / "train.csv", {
-                "env_steps": counters["env_steps"], "agent_steps": counters["agent_steps"],
-                "updates": self.learner.updates, **{k: round(v, 6) for k, v in out.items()}})
+            row = {"env_steps": counters["env_steps"], "agent_steps": counters["agent_steps"],
+                   "updates": self.learner.updates, **{k: round(v, 6) for k, v in out.items()}}
+            append_csv(self.run_dir / "train.csv", row)
+            self.tracker.scalars("train", row, counters["env_steps"])
         return out
 
     def finish(self) -> dict[str, Any]:
@@ -198,6 +203,7 @@ class TrainLoop:
         self.collect_evaluations(block=True)  # every scheduled evaluation is in eval.csv
         self.checkpoint()
         summary = self.write_summary()
+        self.tracker.close()
         self.source.release()
         return summary
 
@@ -216,8 +222,14 @@ class TrainLoop:
     def collect_evaluations(self, block: bool = False) -> int:
         rows = self.evaluations.collect(block=block, progress=self.progress)
         for row in rows:
+            media = row.pop(MEDIA, {})
             self.evals.append(row)
             append_csv(self.run_dir / "eval.csv", row)
+            self.tracker.scalars("eval", row, row["env_steps"])
+            if OPENLOOP_PNG in media:
+                self.tracker.image("eval/openloop", media[OPENLOOP_PNG], row["env_steps"])
+            if EVAL_VIDEO in media:
+                self.tracker.video("eval/episode", media[EVAL_VIDEO]["gif"], row["env_steps"])
             if self.source is not None:
                 self.source.on_evaluation(row)
             best = self.ckpts.offer(row["updates"], row["env_steps"], row["return_mean"])

@@ -73,6 +73,7 @@ class ReplaySource(BatchSource):
                    "eval": metrics.LEARNER_EVAL_RETURN.labels(ns),
                    "openl_image": metrics.LEARNER_OPENLOOP_IMAGE_MSE.labels(ns),
                    "openl_reward": metrics.LEARNER_OPENLOOP_REWARD_ERROR.labels(ns)}
+        self._learning = {k: g.labels(ns) for k, g in metrics.LEARNING.items()}
         self._prefetcher = None
         self._idle_since = 0.0
         self._initial_done = learner.updates > 0
@@ -145,6 +146,9 @@ class ReplaySource(BatchSource):
             return  # the update was skipped: nothing changed, nothing to publish
         self._m["updates"].inc()
         self._m["duration"].observe(out["update_seconds"])
+        for key, gauge in self._learning.items():
+            if key in out:
+                gauge.set(out[key])
         for lag in self.learner.version - 1 - batch["policy_version"][:, -1]:
             self._m["lag"].observe(max(int(lag), 0))
         self.publish()

@@ -149,6 +149,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tensorboard(args: argparse.Namespace) -> int:
+    import subprocess
+    from pathlib import Path
+
+    from diswm.tracking import TB_DIR
+
+    root = Path(args.runs)
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such run folder")
+    if not (root / TB_DIR).is_dir() and not any(root.glob(f"**/{TB_DIR}")):
+        raise ValueError(f"{root}: no TensorBoard events ({TB_DIR}/) in it or below it "
+                         "(logging.tensorboard is on by default for new runs)")
+    print(f"TensorBoard on http://127.0.0.1:{args.port}/ over {root.resolve()} (Ctrl-C stops it)",
+          file=sys.stderr)
+    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(root),
+           "--host", "127.0.0.1", "--port", str(args.port)]
+    try:
+        return subprocess.run(cmd).returncode
+    except KeyboardInterrupt:
+        return 0
+
+
 # -- bench --------------------------------------------------------------------------------------
 
 
@@ -295,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="env seed (default: train.seed + 20000, unlike training's evals)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("tensorboard", help="a TensorBoard server on loopback over one run or a "
+                       "folder of runs")
+    p.add_argument("runs", metavar="RUN|RUNS", help="a run folder, or a folder of run folders")
+    p.add_argument("--port", type=int, default=6006)
+    p.set_defaults(func=_cmd_tensorboard)
 
     from ops.pretrain_commands import add_pretrain_parser
 

@@ -75,3 +75,30 @@ def test_diswm_eval_evaluates_the_best_checkpoint_with_a_video(run, tmp_path):
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines()[-1] == (
         f"diswm: error: checkpoint {tmp_path / 'nope.pt'} does not exist")
+
+
+def test_tensorboard_holds_every_scalar_image_video_and_the_config(run):
+    """Read back by TensorBoard's own reader, at the runs' env steps."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"images": 0, "scalars": 0,
+                                                           "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    train = list(csv.DictReader((run / "train.csv").open()))
+    evals = list(csv.DictReader((run / "eval.csv").open()))
+    for column in ("model_loss", "actor_entropy", "model/reward"):
+        events = acc.Scalars(f"train/{column}")
+        assert [e.step for e in events] == [int(r["env_steps"]) for r in train]
+        assert [e.value for e in events] == pytest.approx([float(r[column]) for r in train],
+                                                           rel=1e-5)
+    returns = acc.Scalars("eval/return_mean")
+    assert [(e.step, round(e.value, 4)) for e in returns] == [
+        (int(r["env_steps"]), round(float(r["return_mean"]), 4)) for r in evals]
+    images = acc.Images("eval/openloop")
+    assert [i.step for i in images] == [int(r["env_steps"]) for r in evals]
+    assert images[0].encoded_image_string[:4] == b"\x89PNG"
+    videos = acc.Images("eval/episode")
+    assert [v.step for v in videos] == [int(r["env_steps"]) for r in evals]
+    assert videos[0].encoded_image_string[:6] == b"GIF89a" and videos[0].width == 128
+    assert "config/text_summary" in tags["tensors"]
