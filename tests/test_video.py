@@ -102,3 +102,58 @@ def test_tensorboard_holds_every_scalar_image_video_and_the_config(run):
     assert [v.step for v in videos] == [int(r["env_steps"]) for r in evals]
     assert videos[0].encoded_image_string[:6] == b"GIF89a" and videos[0].width == 128
     assert "config/text_summary" in tags["tensors"]
+
+
+def test_weights_and_biases_offline_gets_the_same_numbers(tmp_path, monkeypatch):
+    """logging.wandb in W&B's offline mode: nothing over the network, the run in <run>/wandb."""
+    pytest.importorskip("wandb")
+    import json
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = load_config(["tiny"], ["train.steps=200", "train.eval_every=100",
+                                 "logging.wandb=true", "logging.wandb_mode=offline",
+                                 "logging.wandb_project=diswm-test"])
+    run = tmp_path / "run"
+    SerialRunner(cfg, run, progress=lambda m: None).run()
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    assert (offline[0] / f"run-{(run / 'wandb.id').read_text().strip()}.wandb").stat().st_size
+    history = [{(i.key or "/".join(i.nested_key)): json.loads(i.value_json)
+                for i in r.history.item}
+               for r in wandb_records(next(offline[0].glob("run-*.wandb")))
+               if r.WhichOneof("record_type") == "history"]
+    evals = list(csv.DictReader((run / "eval.csv").open()))
+    train = list(csv.DictReader((run / "train.csv").open()))
+    logged = [(h["env_steps"], h["eval/return_mean"]) for h in history if "eval/return_mean" in h]
+    assert logged == [(int(r["env_steps"]), pytest.approx(float(r["return_mean"])))
+                      for r in evals]
+    losses = [(h["env_steps"], h["train/model_loss"]) for h in history if "train/model_loss" in h]
+    assert losses == [(int(r["env_steps"]), pytest.approx(float(r["model_loss"]), rel=1e-5))
+                      for r in train]
+    videos = [h for h in history if h.get("eval/episode/_type") == "video-file"]  # media
+    assert [h["env_steps"] for h in videos] == [int(r["env_steps"]) for r in evals]  # flattened
+    assert len(list(offline[0].glob("files/media/videos/eval/episode_*.gif"))) == len(evals)
+
+
+def wandb_records(path):
+    """The records of a .wandb file: its 7-byte header, then LevelDB-log chunks (crc32c,
+    length, type: 1 full, 2 first, 3 middle, 4 last) in 32 KiB blocks, each record a
+    wandb_internal_pb2.Record."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, parts, out = 7, b"", []
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a chunk header: padding
+            pos += 32768 - pos % 32768
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        parts += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(parts)
+            out.append(record)
+            parts = b""
+    return out
