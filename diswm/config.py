@@ -66,6 +66,9 @@ class EnvConfig:
     # "fast" (neither). Measured here: ~62 / ~185 / ~330 renders/s for cheetah at 64x64.
     render_quality: str = field(default="fast", metadata=_choices("full", "no_shadows", "fast"))
     camera: int = field(default=-1, metadata=_range(ge=-1))  # -1: the task's default camera
+    # gym:<id> tasks: modules imported before the env is made (comma-separated), e.g. a user's
+    # package that registers its Gymnasium envs (diswm/envs/gym.py).
+    gym_import: str = ""
 
 
 @dataclass(frozen=True)

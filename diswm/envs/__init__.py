@@ -1,4 +1,5 @@
-"""The colour-distracted environment suite: `dmc:<domain>_<task>` and `mujoco:pusher`.
+"""The colour-distracted environment suite: `dmc:<domain>_<task>`, `mujoco:pusher`, and any
+Gymnasium MuJoCo env as `gym:<id>` (a user's own, registered by `env.gym_import`).
 
     env = make_env(cfg.env, cfg.distraction, seed=0)   # see diswm.envs.core for the loop
 """
@@ -37,9 +38,13 @@ def list_tasks() -> tuple[str, ...]:
 
 
 def validate_task_id(task: str) -> str:
-    """Return `task` if valid, else raise ValueError listing the valid ids."""
+    """Return `task` if valid, else raise ValueError listing the valid ids. A `gym:<id>` is
+    checked when its env is made (its registration may need `env.gym_import`)."""
+    if isinstance(task, str) and task.startswith("gym:") and len(task) > len("gym:"):
+        return task
     if not isinstance(task, str) or task not in list_tasks():
-        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(list_tasks())}")
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(list_tasks())}, "
+                         "or gym:<id> for a Gymnasium MuJoCo env")
     return task
 
 
@@ -56,6 +61,11 @@ def make_env(env_cfg, distraction_cfg, *, seed: int, task: str | None = None) ->
 
         domain, name = dmc_tasks()[task[len("dmc:"):]]
         backend = DMCBackend(domain, name, seed=seed, camera=env_cfg.camera)
+    elif task.startswith("gym:"):
+        from diswm.envs.gym import GymBackend
+
+        backend = GymBackend(task[len("gym:"):], seed=seed, camera=env_cfg.camera,
+                             imports=env_cfg.gym_import)
     else:
         from diswm.envs.pusher import PusherBackend
 
