@@ -23,6 +23,8 @@ from typing import Any
 from diswm.config import Config
 
 TB_DIR = "tb"
+#: Columns that are the step axis itself (or its grid point): not plotted against it.
+AXIS = ("env_steps", "eval_step")
 
 
 class Tracker:
@@ -40,7 +42,7 @@ class Tracker:
 
     def scalars(self, prefix: str, row: Mapping[str, Any], step: int) -> None:
         values = {f"{prefix}/{k}": float(v) for k, v in row.items()
-                  if isinstance(v, int | float) and not isinstance(v, bool)
+                  if k not in AXIS and isinstance(v, int | float) and not isinstance(v, bool)
                   and math.isfinite(float(v))}
         for w in self.writers:
             w.scalars(values, int(step))
