@@ -295,8 +295,10 @@ def resume_newest(ckpts: CheckpointSet, log: Callable[[str], None]) -> tuple[Lea
         if errors:
             log(f"resuming from {path}, the newest checkpoint that loads")
         return learner, extra, path
-    raise ValueError(f"no checkpoint in {ckpts.folder} loads"
-                     + (f": {'; '.join(errors)}" if errors else " (there is none)"))
+    if len(errors) == 1:
+        raise ValueError(errors[0])  # the only checkpoint there is: its own one-line reason
+    raise ValueError(f"none of the {len(errors)} checkpoints loads; the newest: {errors[0]}"
+                     if errors else f"no checkpoint in {ckpts.folder}")
 
 
 def owed_updates(cfg: Config, agent_steps: int) -> int:

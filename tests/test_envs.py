@@ -276,7 +276,9 @@ def test_bad_task_id_lists_valid_ones(cfg):
     for task in PAPER_TASKS:
         assert task in message
     with pytest.raises(ValueError, match="unknown task"):
-        make_env(cfg.env, cfg.distraction, seed=0, task="gym:pusher")
+        make_env(cfg.env, cfg.distraction, seed=0, task="mujoco:nothing")
+    with pytest.raises(ValueError, match="gym:pusher: no Gymnasium env 'pusher' is registered"):
+        make_env(cfg.env, cfg.distraction, seed=0, task="gym:pusher")  # an open set: at make
 
 
 def test_task_registry_has_the_paper_tasks():
