@@ -236,11 +236,17 @@ class Evaluations:
 
     def _start_actor(self):
         import ray
+        from ray.util import get_current_placement_group
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        # Wherever a CPU is free (Ray's default placement prefers the learner's node): its
-        # open-loop images come back with the rows. A node affinity, even a soft one, would
-        # wait for the learner's node while that node is full, and no evaluation would run.
+        # On the learner's node while it has a free CPU (the snapshots travel least; the CPUs
+        # elsewhere may be the actors'), else wherever one is free: its images and video come
+        # back with the rows. A plain soft affinity waits for a full node instead, and then no
+        # evaluation runs (seen with the learner on a full second node); hence the spill.
         opts = {"num_cpus": 1, "max_restarts": 2, "max_task_retries": 1, "max_concurrency": 1}
+        if get_current_placement_group() is None:  # in a run's placement group it joins that
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=True, _spill_on_unavailable=True)
         return ray.remote(Evaluator).options(**opts).remote(
             self.cfg.to_dict(), self.action_dim, str(self.run_dir), 1)
 
