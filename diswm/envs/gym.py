@@ -8,8 +8,9 @@ in `env.gym_import` (comma-separated: a user's package registers its envs when i
 driven through its unwrapped MuJoCo env (``.model``, ``.data``, ``.step``), as `mujoco:pusher`
 is: the interface's own time limit (the registration's ``max_episode_steps`` by default), action
 repeat and [-1, 1] actions apply. Frames come from diswm's renderer (the same 64 × 64 RGB as
-every task) from the env's camera `env.camera`, or by default a free camera looking at the
-model's centre from 1.5 times its extent (MuJoCo's default free camera). The colour distraction draws two colours at each
+every task) from camera `env.camera`; by default the model's first camera, or where it has none,
+a free camera with the env's own viewer settings (``default_camera_config``) over MuJoCo's
+default (look-at the model's centre, 1.5 times its extent away, elevation −45). The colour distraction draws two colours at each
 reset, through the model's geom colours: one for the world body's geoms (floor, walls, static
 scenery) and one for every other geom (the agent and the objects it moves); both are recorded
 as the observation's ``colours`` factors.
@@ -94,10 +95,17 @@ class GymBackend(Backend):
                 raise ValueError(f"{task} has {self.model.ncam} cameras; camera {camera} does "
                                  "not exist")
             self.camera = camera
-        else:
-            stat = self.model.stat  # MuJoCo's own default free camera (mjv_defaultFreeCamera)
-            self.camera = FreeCamera(distance=1.5 * float(stat.extent), azimuth=90.0,
-                                     elevation=-45.0, lookat=tuple(float(x) for x in stat.center))
+        elif self.model.ncam:  # the model's first camera (HalfCheetah's tracks its body)
+            self.camera = 0
+        else:  # the env's own viewer settings over MuJoCo's default free camera
+            stat = self.model.stat
+            given = dict(getattr(getattr(base, "mujoco_renderer", None), "default_cam_config",
+                                 None) or {})
+            self.camera = FreeCamera(
+                distance=float(given.get("distance", 1.5 * float(stat.extent))),
+                azimuth=float(given.get("azimuth", 90.0)),
+                elevation=float(given.get("elevation", -45.0)),
+                lookat=tuple(float(x) for x in given.get("lookat", stat.center)))
         world = [g for g in range(self.model.ngeom) if self.model.geom_bodyid[g] == 0]
         rest = [g for g in range(self.model.ngeom) if self.model.geom_bodyid[g] != 0]
         self._groups = [group for group in (world, rest) if group]
