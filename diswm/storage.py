@@ -134,14 +134,10 @@ class RunStorage:
         """The run's files in the storage: relative path -> size."""
         if not self.fs.exists(self.root):
             return {}
-        out = {}
-        for path, info in self.fs.find(self.root, detail=True).items():
-            rel = path[len(self.root.rstrip("/")) + 1:] if path.startswith(self.root) else None
-            if rel is None:  # some filesystems return paths without the protocol's prefix
-                rel = path.split(f"/{self.root.rsplit('/', 1)[-1]}/", 1)[-1]
-            if ".part-" not in rel:
-                out[rel] = int(info.get("size") or 0)
-        return out
+        prefix = self.root.rstrip("/") + "/"
+        return {path[len(prefix):]: int(info.get("size") or 0)
+                for path, info in self.fs.find(self.root, detail=True).items()
+                if path.startswith(prefix) and ".part-" not in path}
 
     def pull(self, work_dir: str | Path, *, skip: tuple[str, ...] = ()) -> list[str]:
         """Download the run's files into `work_dir` where they are missing or differ in size

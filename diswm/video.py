@@ -2,7 +2,6 @@
 
     frames = side_by_side(truth, model, rewards)          # (T, H', W', 3) uint8
     data, suffix = encode(frames, fps=25)                  # MP4 bytes (".mp4"), or a GIF
-    path = write_video(frames, "videos/eval_10000")        # the file, with its suffix
 
 Each frame shows the observation (64 × 64, upscaled ×4 with nearest pixels) on the left, the
 model's posterior reconstruction of it on the right, and a caption with the step and the return
@@ -78,11 +77,3 @@ def gif(frames: np.ndarray, fps: int = FPS) -> bytes:
     buffer = io.BytesIO()
     imageio.mimwrite(buffer, list(frames), format="GIF", duration=1000 / fps, loop=0)
     return buffer.getvalue()
-
-
-def write_video(frames: np.ndarray, stem: str | Path, fps: int = FPS) -> Path:
-    """Encode `frames` and write them to `stem` + the format's suffix (atomically)."""
-    from diswm.atomic import atomic_write
-
-    data, suffix = encode(frames, fps)
-    return atomic_write(Path(f"{stem}{suffix}"), data)

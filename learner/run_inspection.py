@@ -23,7 +23,7 @@ from diswm.atomic import atomic_write
 from diswm.checkpoints import CheckpointSet
 from diswm.diagnostics import CONTEXT, open_loop_report
 from diswm.runfolder import CHECKPOINT
-from learner.evaluator import evaluate_recorded
+from learner.evaluator import episode_video, evaluate_recorded
 from learner.learner import Learner
 
 HISTORY_COLUMNS = ("env_steps", "updates", "scheme", "return_mean", "openl_image_mse",
@@ -144,14 +144,8 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "latest", episodes: i
     returns, recording = evaluate_recorded(cfg, learner, episodes, learner.scheme, seed)
     written = None
     if video is not None:
-        from diswm.models.openloop import reconstruct
-        from diswm.video import encode, side_by_side
-
-        model = reconstruct(learner.wm, recording["image"], recording["action"],
-                            recording["is_first"])
-        data, suffix = encode(side_by_side(recording["image"], model, recording["reward"]))
-        video = Path(video)
-        written = atomic_write(video.with_suffix(suffix), data)
+        media = episode_video(learner, recording)
+        written = atomic_write(Path(video).with_suffix(media["suffix"]), media["data"])
     return {"run_dir": str(run_dir), "checkpoint": str(ckpt), "task": cfg.env.task,
             "updates": learner.updates, "env_steps": env_steps, "scheme": learner.scheme,
             "seed": seed, "returns": returns, "return_mean": float(np.mean(returns)),

@@ -41,7 +41,27 @@ def import_modules(modules: str) -> None:
                              f"{err})"[:300]) from None
 
 
-class GymBackend(Backend):
+class GymnasiumSteps(Backend):
+    """Reset, step and state of an unwrapped Gymnasium MuJoCo env in ``self._env`` (seeded
+    with ``self._seed`` at the first reset): shared by `mujoco:pusher` and `gym:<id>`."""
+
+    _env: object
+    _seed: int | None
+
+    def reset(self) -> None:
+        # Seed once; later resets continue the env's own generator (deterministic per seed).
+        self._env.reset(seed=self._seed)
+        self._seed = None
+
+    def control_step(self, action: np.ndarray) -> tuple[float, bool]:
+        _, reward, terminated, _, _ = self._env.step(action.astype(np.float32))
+        return float(reward), bool(terminated)
+
+    def state(self) -> np.ndarray:
+        return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float32)
+
+
+class GymBackend(GymnasiumSteps):
     """A Gymnasium MuJoCo env (`gymnasium.envs.mujoco.MujocoEnv` or anything with its
     ``model``/``data``) as a `Backend`. Colours are drawn at reset only (no per-step drift)."""
 
@@ -109,18 +129,6 @@ class GymBackend(Backend):
         world = [g for g in range(self.model.ngeom) if self.model.geom_bodyid[g] == 0]
         rest = [g for g in range(self.model.ngeom) if self.model.geom_bodyid[g] != 0]
         self._groups = [group for group in (world, rest) if group]
-
-    def reset(self) -> None:
-        # Seed once; later resets continue the env's own generator (deterministic per seed).
-        self._env.reset(seed=self._seed)
-        self._seed = None
-
-    def control_step(self, action: np.ndarray) -> tuple[float, bool]:
-        _, reward, terminated, _, _ = self._env.step(action.astype(np.float32))
-        return float(reward), bool(terminated)
-
-    def state(self) -> np.ndarray:
-        return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float32)
 
     def colour_groups(self) -> tuple[np.ndarray, list[list[int]]]:
         return self.model.geom_rgba, self._groups

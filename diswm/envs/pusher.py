@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from diswm.envs.core import Backend
+from diswm.envs.gym import GymnasiumSteps
 from diswm.envs.rendering import FreeCamera
 
 TOP_DOWN = FreeCamera(distance=2.0, azimuth=90.0, elevation=-90.0, lookat=(0.0, -0.5, 0.2))
 _ARM_BODY_PREFIXES = ("r_", "tips_arm")
 
 
-class PusherBackend(Backend):
+class PusherBackend(GymnasiumSteps):
     """Arm geoms share one colour draw and the table gets its own, at each reset; the object is
     black. No per-step drift (DESIGN.md section 1)."""
 
@@ -43,18 +43,6 @@ class PusherBackend(Backend):
         if not self._arm or self._table[0] < 0 or not objects:
             raise RuntimeError("Pusher-v5's model changed: arm, table or object geoms not found")
         self.model.geom_rgba[objects] = (0.0, 0.0, 0.0, 1.0)
-
-    def reset(self) -> None:
-        # Seed once; later resets continue the env's own generator (deterministic per seed).
-        self._env.reset(seed=self._seed)
-        self._seed = None
-
-    def control_step(self, action: np.ndarray) -> tuple[float, bool]:
-        _, reward, terminated, _, _ = self._env.step(action.astype(np.float32))
-        return float(reward), bool(terminated)
-
-    def state(self) -> np.ndarray:
-        return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float32)
 
     def colour_groups(self) -> tuple[np.ndarray, list[list[int]]]:
         return self.model.geom_rgba, [self._arm, self._table]
